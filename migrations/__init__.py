@@ -1,0 +1,1 @@
+"""Alembic migrations for tokenfleet's tables (run with ``tokenfleet migrate``)."""

@@ -1,0 +1,108 @@
+"""The provider contract: what every service module in ``providers/`` implements.
+
+A provider knows one external service. It is constructed per credential with its parsed
+config, an HTTP session and a clock, and it never touches storage: ``acquire`` returns a
+new :class:`~tokenfleet.secret.Secret` or raises a classified error from
+:mod:`tokenfleet.errors`; ``validate`` returns ``None`` or raises; ``revoke`` is optional.
+The engine does everything else (locking, versioning, storing, auditing).
+
+Errors are re-exported here so a provider module needs a single import.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, Generic, Literal, TypeVar
+
+import requests
+from pydantic import BaseModel, ConfigDict
+
+from tokenfleet.clock import Clock, SystemClock
+from tokenfleet.errors import (
+    CredentialsRejected,
+    GiveUp,
+    InvalidConfig,
+    MalformedResponse,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+    RetryLater,
+    ValidationFailed,
+)
+from tokenfleet.schedule import Schedule
+from tokenfleet.secret import Secret
+
+__all__ = [
+    "Clock",
+    "CredentialsRejected",
+    "GiveUp",
+    "InvalidConfig",
+    "MalformedResponse",
+    "Provider",
+    "ProviderConfig",
+    "ProviderTimeout",
+    "ProviderUnavailable",
+    "Queue",
+    "RateLimited",
+    "RetryLater",
+    "Schedule",
+    "Secret",
+    "ValidationFailed",
+]
+
+Queue = Literal["light", "browser"]
+
+
+class ProviderConfig(BaseModel):
+    """Base for provider config models: frozen, unknown keys rejected.
+
+    Mark secret fields with ``pydantic.SecretStr`` so they never show in reprs or errors.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Seconds to wait for the provider on each HTTP call.
+    timeout: float = 20.0
+
+
+ConfigT = TypeVar("ConfigT", bound=ProviderConfig)
+
+
+class Provider(ABC, Generic[ConfigT]):
+    """One external service: how to acquire, validate and optionally revoke its secrets."""
+
+    #: Registry key, also the ``provider`` argument of every task.
+    name: ClassVar[str]
+    #: ``light`` for plain HTTP, ``browser`` for anything that drives a browser.
+    queue: ClassVar[Queue] = "light"
+    #: Used when a credential does not set its own schedule.
+    default_schedule: ClassVar[Schedule]
+    #: The pydantic model of this provider's per-credential configuration.
+    config_model: ClassVar[type[ProviderConfig]]
+    #: Config fields that hold secrets (for display and validation messages).
+    secret_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        config: ConfigT,
+        *,
+        session: requests.Session | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config
+        self.session = session or requests.Session()
+        self.clock = clock or SystemClock()
+
+    @abstractmethod
+    def acquire(self) -> Secret:
+        """Obtain a new secret from the service. Raise a classified error on failure."""
+
+    @abstractmethod
+    def validate(self, secret: Secret) -> None:
+        """Check that ``secret`` works; raise :class:`ValidationFailed` (or a RetryLater)."""
+
+    def revoke(self, secret: Secret) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Invalidate ``secret`` at the service, if the service supports it."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"

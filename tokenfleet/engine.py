@@ -1,0 +1,490 @@
+"""The rotation engine: acquire → validate → promote, checks, and sweeps. No Celery here.
+
+Tasks and tests drive :class:`Engine` directly. Every public method returns an
+:class:`Outcome` (never raises for provider or input faults) and writes exactly one audit
+row per attempt. The guarantees, in the order DESIGN.md lists them:
+
+1. a secret is promoted only after ``provider.validate`` passed; any failure leaves
+   ``current`` untouched;
+2. one rotation per credential at a time (a Redis lock whose TTL outlives the task), and
+   promotion fenced in SQL on the version seen before acquiring;
+3. ``stale_version`` older than current returns the current version without a provider
+   call, checked before and again after taking the lock (as botocore re-checks);
+5. one audit row per attempt; 6. bad input is an error result that is not retryable.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import requests
+from pydantic import ValidationError
+from redis.exceptions import LockError, RedisError
+
+from providers.base import Provider
+from providers.registry import Registry
+
+from .clock import Clock
+from .errors import (
+    CircuitOpen,
+    FencedOut,
+    GiveUp,
+    InvalidArguments,
+    InvalidConfig,
+    RetryLater,
+    RotationInProgress,
+    StoreUnavailable,
+    TokenfleetError,
+    error_kind,
+)
+from .hot import HotCache
+from .queues import QUEUES
+from .schedule import Schedule
+from .secret import Secret
+from .store import Attempt, Claim, CredentialState, SqlStore
+
+log = logging.getLogger("tokenfleet.engine")
+
+TRIGGERS = ("schedule", "expiry", "on_demand", "manual")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The engine's tunables (normally taken from :class:`~tokenfleet.settings.Settings`)."""
+
+    timezone: str = "UTC"
+    lock_wait: float = 10.0
+    circuit_cooldown: float = 3600.0
+    retry_cap: float = 600.0
+    #: Rotate this long before ``expires_at`` (at most half the secret's lifetime).
+    expiry_margin: float = 900.0
+    sweep_batch: int = 500
+    lock_ttls: Mapping[str, float] = field(
+        default_factory=lambda: {name: limits.lock_ttl for name, limits in QUEUES.items()}
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one engine call; ``to_dict`` is the task result (never a secret)."""
+
+    status: str
+    provider: str
+    tenant: str
+    version: int | None = None
+    fingerprint: str | None = None
+    error: TokenfleetError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def retryable(self) -> bool:
+        return isinstance(self.error, RetryLater)
+
+    @property
+    def retry_after(self) -> float | None:
+        return getattr(self.error, "retry_after", None)
+
+    def to_dict(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "status": self.status,
+            "provider": self.provider,
+            "tenant": self.tenant,
+            "version": self.version,
+            "fingerprint": self.fingerprint,
+        }
+        if self.error is not None:
+            result["error_class"] = error_kind(self.error)
+            result["error"] = self.error.message
+            result["retryable"] = self.retryable
+        return result
+
+
+class Engine:
+    """Rotates and checks credentials; holds injected store, cache, registry and clock."""
+
+    def __init__(
+        self,
+        *,
+        store: SqlStore,
+        hot: HotCache,
+        registry: Registry,
+        clock: Clock,
+        config: EngineConfig | None = None,
+        session: requests.Session | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.hot = hot
+        self.registry = registry
+        self.clock = clock
+        self.config = config or EngineConfig()
+        self.session = session or requests.Session()
+        self.rng = rng or random.Random()
+
+    # -- public API ----------------------------------------------------------------
+
+    def rotate(
+        self,
+        provider: Any,
+        tenant: Any = "default",
+        stale_version: Any = None,
+        trigger: Any = "manual",
+        *,
+        attempt: int = 1,
+        final: bool = True,
+        task_id: str | None = None,
+    ) -> Outcome:
+        """Rotate one credential unless ``stale_version`` shows it is already fresh.
+
+        ``final`` says whether a transient failure will be retried by the caller; only a
+        final one reschedules the credential (so the sweep tries again later).
+        """
+        started = self.clock.now()
+        t0 = self.clock.monotonic()
+        base = Attempt(
+            provider=str(provider)[:64],
+            tenant=str(tenant)[:200],
+            action="rotate",
+            trigger=str(trigger)[:16],
+            outcome="",
+            started_at=started,
+            duration_ms=0.0,
+            attempt=attempt,
+            task_id=task_id,
+        )
+        state: CredentialState | None = None
+        try:
+            _check_args(provider, tenant, stale_version, trigger)
+            cls = self.registry.get(provider)
+            state = self.store.require(provider, tenant)
+            base = replace(base, version_before=state.current_version)
+            fresh = self._fresh(state, stale_version)
+            if fresh is not None:
+                return self._finish_plain(base, t0, fresh, state)
+            if not state.enabled and trigger in ("schedule", "expiry"):
+                outcome = Outcome("disabled", provider, tenant, state.current_version)
+                return self._finish_plain(base, t0, outcome, state)
+            self._check_circuit(state, trigger, started)
+            lock = self.hot.lock(provider, tenant, self.config.lock_ttls[cls.queue])
+            blocking = trigger not in ("schedule", "expiry")
+            try:
+                got = lock.acquire(blocking=blocking, blocking_timeout=self.config.lock_wait)
+            except RedisError as exc:
+                raise StoreUnavailable(f"redis unavailable ({type(exc).__name__})") from None
+            if not got:
+                if not blocking:
+                    busy = Outcome("busy", provider, tenant, state.current_version)
+                    return self._finish_plain(base, t0, busy, state)
+                raise RotationInProgress(
+                    f"{provider}/{tenant} is being rotated by another worker; "
+                    f"waited {self.config.lock_wait:g}s"
+                )
+            try:
+                # Re-read under the lock: the holder we waited for may have done our work.
+                state = self.store.require(provider, tenant)
+                base = replace(base, version_before=state.current_version)
+                fresh = self._fresh(state, stale_version)
+                if fresh is not None:
+                    return self._finish_plain(base, t0, fresh, state)
+                return self._rotate_locked(cls, state, base, t0, started)
+            finally:
+                try:
+                    lock.release()
+                except LockError:
+                    log.warning(
+                        "rotation lock of %s/%s expired before release", provider, tenant
+                    )
+                except RedisError:
+                    log.warning("could not release rotation lock of %s/%s", provider, tenant)
+        except TokenfleetError as exc:
+            return self._finish_failed(base, t0, exc, state, final=final)
+
+    def check(self, provider: Any, tenant: Any = "default", *, task_id: str | None = None) -> Outcome:
+        """Validate the current version without replacing it.
+
+        A version the provider rejects makes the credential due at once, so the next
+        sweep rotates it.
+        """
+        started = self.clock.now()
+        t0 = self.clock.monotonic()
+        base = Attempt(
+            provider=str(provider)[:64],
+            tenant=str(tenant)[:200],
+            action="check",
+            trigger="manual",
+            outcome="",
+            started_at=started,
+            duration_ms=0.0,
+            task_id=task_id,
+        )
+        state: CredentialState | None = None
+        try:
+            _check_args(provider, tenant, None, "manual")
+            cls = self.registry.get(provider)
+            state = self.store.require(provider, tenant)
+            current = self.store.current(state.id)
+            if current is None:
+                return self._finish_plain(base, t0, Outcome("empty", provider, tenant), state)
+            version, secret = current
+            base = replace(base, version_before=version, fingerprint=secret.fingerprint)
+            instance = self._provider(cls, state)
+            try:
+                instance.validate(secret)
+            except GiveUp as exc:
+                outcome = Outcome("invalid", provider, tenant, version, secret.fingerprint, exc)
+                attempt = self._attempt(base, t0, outcome)
+                self.store.record(attempt, credential_id=state.id, next_due_at=started)
+                log.warning("%s/%s v%d failed its check: %s", provider, tenant, version, exc)
+                return outcome
+            outcome = Outcome("valid", provider, tenant, version, secret.fingerprint)
+            return self._finish_plain(base, t0, outcome, state)
+        except TokenfleetError as exc:
+            return self._finish_failed(base, t0, exc, state, final=True, counts=False)
+
+    def sweep(
+        self,
+        provider: Any = None,
+        *,
+        enqueue: Callable[[Iterable[Claim]], None],
+        max_batches: int = 20,
+    ) -> list[Claim]:
+        """Claim every due credential (of ``provider``, or all) and hand them to ``enqueue``.
+
+        Safe to run twice at once or to skip: claimed rows get their next due time in
+        the same transaction, and unclaimed ones stay due.
+        """
+        if provider is not None:
+            self.registry.get(provider)
+            names = [provider]
+        else:
+            names = self.registry.names()
+        now = self.clock.now()
+        claimed: list[Claim] = []
+        for _ in range(max_batches):
+            batch = self.store.claim_due(
+                now,
+                providers=names,
+                limit=self.config.sweep_batch,
+                reschedule=lambda state: self._reschedule_claim(state, now),
+                enqueue=enqueue,
+            )
+            claimed.extend(batch)
+            if len(batch) < self.config.sweep_batch:
+                break
+        if claimed:
+            log.info("sweep claimed %d due credential(s)", len(claimed))
+        return claimed
+
+    def reject(
+        self,
+        action: str,
+        args: Any,
+        kwargs: Any,
+        exc: TokenfleetError,
+        *,
+        task_id: str | None = None,
+    ) -> Outcome:
+        """Audit and answer a call whose arguments could not even be parsed."""
+        provider = kwargs.get("provider") if isinstance(kwargs, dict) else None
+        if provider is None and args:
+            provider = args[0]
+        tenant = kwargs.get("tenant", "default") if isinstance(kwargs, dict) else "default"
+        base = Attempt(
+            provider=str(provider)[:64],
+            tenant=str(tenant)[:200],
+            action=action,
+            trigger="manual",
+            outcome="",
+            started_at=self.clock.now(),
+            duration_ms=0.0,
+            task_id=task_id,
+        )
+        return self._finish_failed(base, self.clock.monotonic(), exc, None, final=True)
+
+    # -- the locked part of a rotation ---------------------------------------------
+
+    def _rotate_locked(
+        self,
+        cls: type[Provider],
+        state: CredentialState,
+        base: Attempt,
+        t0: float,
+        started: datetime,
+    ) -> Outcome:
+        instance = self._provider(cls, state)
+        secret = instance.acquire()
+        version = self.store.add_pending(state.id, secret, self.clock.now())
+        base = replace(base, version_after=version, fingerprint=secret.fingerprint)
+        try:
+            instance.validate(secret)
+        except TokenfleetError:
+            self.store.discard(state.id, version)
+            raise
+        now = self.clock.now()
+        outcome = Outcome("rotated", state.provider, state.tenant, version, secret.fingerprint)
+        self.store.promote(
+            state.id,
+            version,
+            seen_version=state.current_version,
+            now=now,
+            expires_at=secret.expires_at,
+            next_due_at=self._next_due(cls, state, now, secret),
+            attempt=self._attempt(base, t0, outcome),
+        )
+        log.info(
+            "rotated %s/%s v%d -> v%d fp=%s trigger=%s",
+            state.provider,
+            state.tenant,
+            state.current_version,
+            version,
+            secret.fingerprint,
+            base.trigger,
+        )
+        self._publish(state, version, secret, now)
+        return outcome
+
+    def _publish(self, state: CredentialState, version: int, secret: Secret, now: datetime) -> None:
+        try:
+            self.hot.put(state.provider, state.tenant, version, secret, now)
+        except StoreUnavailable as exc:
+            # SQL already holds the promotion; readers fall back to it.
+            log.warning(
+                "promoted %s/%s v%d but could not update Redis: %s",
+                state.provider,
+                state.tenant,
+                version,
+                exc,
+            )
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _provider(self, cls: type[Provider], state: CredentialState) -> Provider:
+        raw = self.store.config(state)
+        try:
+            config = cls.config_model.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            path = ".".join(str(p) for p in first["loc"])
+            raise InvalidConfig(
+                f"{state.provider}/{state.tenant}: config.{path}: {first['msg']}",
+                field=f"config.{path}",
+            ) from None
+        return cls(config, session=self.session, clock=self.clock)
+
+    def _fresh(self, state: CredentialState, stale_version: int | None) -> Outcome | None:
+        if stale_version is not None and state.current_version > stale_version:
+            return Outcome("fresh", state.provider, state.tenant, state.current_version)
+        return None
+
+    def _check_circuit(self, state: CredentialState, trigger: str, now: datetime) -> None:
+        until = state.circuit_open_until
+        # Ops asking by hand get their attempt; automatic triggers respect the circuit.
+        if until is not None and now < until and trigger != "manual":
+            raise CircuitOpen(
+                f"{state.provider}/{state.tenant}: circuit open until {until.isoformat()} "
+                f"after {state.last_error or 'a permanent failure'}; fix the config or "
+                "rotate manually"
+            )
+
+    def schedule_of(self, cls: type[Provider], state: CredentialState) -> Schedule:
+        return state.schedule or cls.default_schedule
+
+    def _next_due(
+        self, cls: type[Provider], state: CredentialState, now: datetime, secret: Secret
+    ) -> datetime:
+        due = self.schedule_of(cls, state).next_due(now, self.config.timezone, self.rng)
+        if secret.expires_at is not None:
+            lifetime = (secret.expires_at - now).total_seconds()
+            lead = min(self.config.expiry_margin, max(lifetime, 0) / 2)
+            due = min(due, secret.expires_at - timedelta(seconds=lead))
+        return due
+
+    def _reschedule_claim(self, state: CredentialState, now: datetime) -> tuple[datetime, str]:
+        cls = self.registry.get(state.provider)
+        due = self.schedule_of(cls, state).next_due(now, self.config.timezone, self.rng)
+        trigger = "schedule"
+        if state.expires_at is not None:
+            if state.expires_at - timedelta(seconds=self.config.expiry_margin) <= now:
+                trigger = "expiry"
+        return due, trigger
+
+    def _attempt(self, base: Attempt, t0: float, outcome: Outcome) -> Attempt:
+        error = outcome.error
+        return replace(
+            base,
+            outcome=outcome.status,
+            duration_ms=round((self.clock.monotonic() - t0) * 1000, 3),
+            version_after=outcome.version if outcome.version is not None else base.version_after,
+            fingerprint=outcome.fingerprint or base.fingerprint,
+            error_class=error_kind(error) if error else None,
+            error_message=error.message if error else None,
+        )
+
+    def _finish_plain(
+        self, base: Attempt, t0: float, outcome: Outcome, state: CredentialState | None
+    ) -> Outcome:
+        attempt = self._attempt(base, t0, outcome)
+        self.store.record(attempt, credential_id=state.id if state else None)
+        return outcome
+
+    def _finish_failed(
+        self,
+        base: Attempt,
+        t0: float,
+        exc: TokenfleetError,
+        state: CredentialState | None,
+        *,
+        final: bool,
+        counts: bool = True,
+    ) -> Outcome:
+        provider, tenant = base.provider, base.tenant
+        version = state.current_version if state else None
+        status = "failed" if state is not None or isinstance(exc, RetryLater) else "rejected"
+        outcome = Outcome(status, provider, tenant, version, None, exc)
+        attempt = self._attempt(base, t0, outcome)
+        attempt = replace(attempt, version_after=version)
+        now = self.clock.now()
+        kwargs: dict[str, Any] = {}
+        if state is not None and counts:
+            kwargs["credential_id"] = state.id
+            kwargs["failed"] = not isinstance(exc, FencedOut | CircuitOpen)
+            if isinstance(exc, GiveUp) and not isinstance(exc, FencedOut | CircuitOpen):
+                until = now + timedelta(seconds=self.config.circuit_cooldown)
+                kwargs["circuit_open_until"] = until
+                kwargs["next_due_at"] = until
+            elif isinstance(exc, RetryLater) and final:
+                kwargs["next_due_at"] = now + timedelta(seconds=self.config.retry_cap)
+        elif state is not None:
+            kwargs["credential_id"] = state.id
+        try:
+            self.store.record(attempt, **kwargs)
+        except StoreUnavailable:
+            log.error("could not audit failed %s of %s/%s", base.action, provider, tenant)
+        log_fn = log.warning if isinstance(exc, RetryLater) else log.error
+        log_fn(
+            "%s %s/%s failed: %s: %s", base.action, provider, tenant, error_kind(exc), exc.message
+        )
+        return outcome
+
+
+def _check_args(provider: Any, tenant: Any, stale_version: Any, trigger: Any) -> None:
+    if not isinstance(provider, str) or not provider or len(provider) > 64:
+        raise InvalidArguments(f"provider must be a non-empty string, got {provider!r:.80}")
+    if not isinstance(tenant, str) or not tenant or len(tenant) > 200:
+        raise InvalidArguments(f"tenant must be a non-empty string, got {tenant!r:.80}")
+    if stale_version is not None and (
+        isinstance(stale_version, bool) or not isinstance(stale_version, int) or stale_version < 0
+    ):
+        raise InvalidArguments(
+            f"stale_version must be a non-negative integer or null, got {stale_version!r:.80}"
+        )
+    if trigger not in TRIGGERS:
+        raise InvalidArguments(f"trigger must be one of {', '.join(TRIGGERS)}, got {trigger!r:.80}")

@@ -1,0 +1,538 @@
+"""The durable store: credentials, encrypted secret versions and the audit log in SQL.
+
+SQL is the source of truth. Every write that changes which version is current goes
+through :meth:`SqlStore.promote`, which is fenced on ``credentials.current_version`` so a
+worker that lost its lock cannot overwrite a newer version (invariant 2). Secrets and
+configs are encrypted with the injected :class:`~tokenfleet.crypto.Cipher` before they
+reach the database; nothing here logs a value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .crypto import Cipher
+from .errors import FencedOut, StoreUnavailable, UnknownCredential
+from .models import AuditEntry, Credential, SecretVersion
+from .schedule import Schedule
+from .secret import Secret
+
+
+@dataclass(frozen=True)
+class CredentialState:
+    """A read-only snapshot of a credential row (config stays encrypted until asked)."""
+
+    id: int
+    provider: str
+    tenant: str
+    enabled: bool
+    schedule: Schedule | None
+    current_version: int
+    next_due_at: datetime | None
+    expires_at: datetime | None
+    circuit_open_until: datetime | None
+    consecutive_failures: int
+    last_outcome: str | None
+    last_error: str | None
+    last_attempt_at: datetime | None
+    config_enc: bytes
+
+    def __repr__(self) -> str:
+        return (
+            f"CredentialState({self.provider}/{self.tenant} v{self.current_version} "
+            f"due={self.next_due_at})"
+        )
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What the engine records about one attempt, in the same transaction as its effect."""
+
+    provider: str
+    tenant: str
+    action: str
+    trigger: str
+    outcome: str
+    started_at: datetime
+    duration_ms: float
+    version_before: int | None = None
+    version_after: int | None = None
+    fingerprint: str | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    attempt: int = 1
+    task_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A due credential handed out by :meth:`SqlStore.claim_due`."""
+
+    provider: str
+    tenant: str
+    trigger: str
+
+
+_UNSET: Any = object()
+
+
+def _state(row: Credential) -> CredentialState:
+    return CredentialState(
+        id=row.id,
+        provider=row.provider,
+        tenant=row.tenant,
+        enabled=row.enabled,
+        schedule=Schedule.model_validate_json(row.schedule) if row.schedule else None,
+        current_version=row.current_version,
+        next_due_at=row.next_due_at,
+        expires_at=row.expires_at,
+        circuit_open_until=row.circuit_open_until,
+        consecutive_failures=row.consecutive_failures,
+        last_outcome=row.last_outcome,
+        last_error=row.last_error,
+        last_attempt_at=row.last_attempt_at,
+        config_enc=row.config_enc,
+    )
+
+
+class SqlStore:
+    """Credentials, versions and audit rows in SQL; encrypts everything secret."""
+
+    def __init__(self, engine: Engine, cipher: Cipher) -> None:
+        self.engine = engine
+        self.cipher = cipher
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    def _run(self, fn: Callable[[Session], Any]) -> Any:
+        try:
+            with self._sessions.begin() as session:
+                return fn(session)
+        except OperationalError as exc:
+            raise StoreUnavailable(
+                f"database unavailable ({type(exc.orig).__name__})"
+            ) from None
+
+    # -- credentials ---------------------------------------------------------------
+
+    def get(self, provider: str, tenant: str) -> CredentialState | None:
+        def read(session: Session) -> CredentialState | None:
+            row = session.scalars(
+                select(Credential).where(
+                    Credential.provider == provider, Credential.tenant == tenant
+                )
+            ).one_or_none()
+            return _state(row) if row else None
+
+        result: CredentialState | None = self._run(read)
+        return result
+
+    def require(self, provider: str, tenant: str) -> CredentialState:
+        state = self.get(provider, tenant)
+        if state is None:
+            raise UnknownCredential(
+                f"no credential {provider}/{tenant} is configured "
+                "(add it to the fleet file or with 'tokenfleet credentials add')"
+            )
+        return state
+
+    def list(self, provider: str | None = None) -> list[CredentialState]:
+        def read(session: Session) -> list[CredentialState]:
+            query = select(Credential).order_by(Credential.provider, Credential.tenant)
+            if provider is not None:
+                query = query.where(Credential.provider == provider)
+            return [_state(row) for row in session.scalars(query)]
+
+        result: list[CredentialState] = self._run(read)
+        return result
+
+    def config(self, state: CredentialState) -> dict[str, Any]:
+        """Decrypt a credential's provider config."""
+        data: dict[str, Any] = json.loads(self.cipher.decrypt(state.config_enc))
+        return data
+
+    def upsert(
+        self,
+        provider: str,
+        tenant: str,
+        config: dict[str, Any],
+        schedule: Schedule | None,
+        *,
+        enabled: bool,
+        now: datetime,
+    ) -> str:
+        """Create or update a credential; return ``created``, ``updated`` or ``unchanged``.
+
+        A new credential is due at once (it has no version yet). A changed config closes
+        the circuit and makes it due at once, since the fix may be what was missing.
+        """
+        schedule_json = schedule.model_dump_json() if schedule else None
+
+        def write(session: Session) -> str:
+            row = session.scalars(
+                select(Credential).where(
+                    Credential.provider == provider, Credential.tenant == tenant
+                )
+            ).one_or_none()
+            if row is None:
+                session.add(
+                    Credential(
+                        provider=provider,
+                        tenant=tenant,
+                        enabled=enabled,
+                        config_enc=self.cipher.encrypt(json.dumps(config).encode()),
+                        schedule=schedule_json,
+                        current_version=0,
+                        next_due_at=now,
+                        consecutive_failures=0,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                return "created"
+            old_config = json.loads(self.cipher.decrypt(row.config_enc))
+            changed = False
+            if old_config != config:
+                row.config_enc = self.cipher.encrypt(json.dumps(config).encode())
+                row.circuit_open_until = None
+                row.consecutive_failures = 0
+                row.next_due_at = now
+                changed = True
+            if row.schedule != schedule_json:
+                row.schedule = schedule_json
+                changed = True
+            if row.enabled != enabled:
+                row.enabled = enabled
+                changed = True
+            if changed:
+                row.updated_at = now
+            return "updated" if changed else "unchanged"
+
+        try:
+            result: str = self._run(write)
+        except IntegrityError:
+            # Another process created it between our read and insert: update instead.
+            result = self._run(write)
+        return result
+
+    def set_enabled(self, provider: str, tenant: str, enabled: bool, now: datetime) -> None:
+        def write(session: Session) -> None:
+            done = session.execute(
+                update(Credential)
+                .where(Credential.provider == provider, Credential.tenant == tenant)
+                .values(enabled=enabled, updated_at=now)
+            )
+            if done.rowcount == 0:  # type: ignore[attr-defined]
+                raise UnknownCredential(f"no credential {provider}/{tenant}")
+
+        self._run(write)
+
+    def remove(self, provider: str, tenant: str) -> None:
+        def write(session: Session) -> None:
+            done = session.execute(
+                delete(Credential).where(
+                    Credential.provider == provider, Credential.tenant == tenant
+                )
+            )
+            if done.rowcount == 0:  # type: ignore[attr-defined]
+                raise UnknownCredential(f"no credential {provider}/{tenant}")
+
+        self._run(write)
+
+    # -- versions ------------------------------------------------------------------
+
+    def add_pending(self, credential_id: int, secret: Secret, now: datetime) -> int:
+        """Store an acquired, not yet validated secret; return its new version number."""
+
+        def write(session: Session) -> int:
+            highest = session.scalar(
+                select(func.coalesce(func.max(SecretVersion.version), 0)).where(
+                    SecretVersion.credential_id == credential_id
+                )
+            )
+            version = int(highest or 0) + 1
+            session.add(
+                SecretVersion(
+                    credential_id=credential_id,
+                    version=version,
+                    stage="pending",
+                    payload_enc=self.cipher.encrypt(secret.to_payload()),
+                    fingerprint=secret.fingerprint,
+                    expires_at=secret.expires_at,
+                    created_at=now,
+                )
+            )
+            return version
+
+        try:
+            result: int = self._run(write)
+        except IntegrityError:
+            raise FencedOut(
+                "another worker stored a version at the same time; this attempt is dropped"
+            ) from None
+        return result
+
+    def discard(self, credential_id: int, version: int) -> None:
+        """Mark a pending version as failed; it will never be served."""
+
+        def write(session: Session) -> None:
+            session.execute(
+                update(SecretVersion)
+                .where(
+                    SecretVersion.credential_id == credential_id,
+                    SecretVersion.version == version,
+                    SecretVersion.stage == "pending",
+                )
+                .values(stage="failed")
+            )
+
+        self._run(write)
+
+    def promote(
+        self,
+        credential_id: int,
+        version: int,
+        *,
+        seen_version: int,
+        now: datetime,
+        expires_at: datetime | None,
+        next_due_at: datetime | None,
+        attempt: Attempt,
+    ) -> None:
+        """Make ``version`` current if nobody promoted since ``seen_version``; audit it.
+
+        One transaction: the fenced version bump, the stage shuffle (current → previous,
+        previous → retired), the credential's bookkeeping and the audit row. Raises
+        :class:`FencedOut` (and changes nothing) when the fence does not hold.
+        """
+
+        def write(session: Session) -> None:
+            fenced = session.execute(
+                update(Credential)
+                .where(
+                    Credential.id == credential_id,
+                    Credential.current_version == seen_version,
+                )
+                .values(
+                    current_version=version,
+                    expires_at=expires_at,
+                    next_due_at=next_due_at,
+                    circuit_open_until=None,
+                    consecutive_failures=0,
+                    last_outcome=attempt.outcome,
+                    last_error=None,
+                    last_attempt_at=now,
+                    updated_at=now,
+                )
+            )
+            if fenced.rowcount != 1:  # type: ignore[attr-defined]
+                raise FencedOut(
+                    f"version {seen_version} is no longer current; "
+                    f"version {version} was not promoted"
+                )
+            for old, new in (("previous", "retired"), ("current", "previous")):
+                session.execute(
+                    update(SecretVersion)
+                    .where(
+                        SecretVersion.credential_id == credential_id,
+                        SecretVersion.stage == old,
+                    )
+                    .values(stage=new)
+                )
+            session.execute(
+                update(SecretVersion)
+                .where(
+                    SecretVersion.credential_id == credential_id,
+                    SecretVersion.version == version,
+                )
+                .values(stage="current", promoted_at=now)
+            )
+            session.add(_audit_row(attempt))
+
+        try:
+            self._run(write)
+        except FencedOut:
+            self.discard(credential_id, version)
+            raise
+
+    def current(self, credential_id: int) -> tuple[int, Secret] | None:
+        """The current version number and secret, decrypted, or None before the first."""
+
+        def read(session: Session) -> tuple[int, bytes] | None:
+            row = session.execute(
+                select(SecretVersion.version, SecretVersion.payload_enc)
+                .join(Credential, Credential.id == SecretVersion.credential_id)
+                .where(
+                    SecretVersion.credential_id == credential_id,
+                    SecretVersion.version == Credential.current_version,
+                )
+            ).one_or_none()
+            return (row[0], row[1]) if row else None
+
+        found: tuple[int, bytes] | None = self._run(read)
+        if found is None:
+            return None
+        return found[0], Secret.from_payload(self.cipher.decrypt(found[1]))
+
+    def versions(self, credential_id: int) -> list[SecretVersion]:
+        def read(session: Session) -> list[SecretVersion]:
+            return list(
+                session.scalars(
+                    select(SecretVersion)
+                    .where(SecretVersion.credential_id == credential_id)
+                    .order_by(SecretVersion.version)
+                )
+            )
+
+        result: list[SecretVersion] = self._run(read)
+        return result
+
+    def reencrypt(self) -> int:
+        """Re-encrypt every stored secret and config under the primary key; return the count."""
+
+        def write(session: Session) -> int:
+            count = 0
+            for row in session.scalars(select(SecretVersion)):
+                row.payload_enc = self.cipher.rotate(row.payload_enc)
+                count += 1
+            for cred in session.scalars(select(Credential)):
+                cred.config_enc = self.cipher.rotate(cred.config_enc)
+                count += 1
+            return count
+
+        result: int = self._run(write)
+        return result
+
+    # -- outcomes and audit --------------------------------------------------------
+
+    def record(
+        self,
+        attempt: Attempt,
+        *,
+        credential_id: int | None = None,
+        next_due_at: datetime | None = _UNSET,
+        circuit_open_until: datetime | None = _UNSET,
+        failed: bool = False,
+    ) -> None:
+        """Write the audit row of an attempt that promoted nothing, with its bookkeeping."""
+
+        def write(session: Session) -> None:
+            if credential_id is not None:
+                values: dict[str, Any] = {
+                    "last_outcome": attempt.outcome,
+                    "last_error": attempt.error_class,
+                    "last_attempt_at": attempt.started_at,
+                }
+                if failed:
+                    values["consecutive_failures"] = Credential.consecutive_failures + 1
+                if next_due_at is not _UNSET:
+                    values["next_due_at"] = next_due_at
+                if circuit_open_until is not _UNSET:
+                    values["circuit_open_until"] = circuit_open_until
+                session.execute(
+                    update(Credential).where(Credential.id == credential_id).values(**values)
+                )
+            session.add(_audit_row(attempt))
+
+        self._run(write)
+
+    def audit_log(
+        self,
+        *,
+        provider: str | None = None,
+        tenant: str | None = None,
+        since: datetime | None = None,
+        failed_only: bool = False,
+        limit: int = 100,
+    ) -> list[AuditEntry]:
+        def read(session: Session) -> list[AuditEntry]:
+            query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+            if provider is not None:
+                query = query.where(AuditEntry.provider == provider)
+            if tenant is not None:
+                query = query.where(AuditEntry.tenant == tenant)
+            if since is not None:
+                query = query.where(AuditEntry.started_at >= since)
+            if failed_only:
+                query = query.where(AuditEntry.error_class.is_not(None))
+            return list(session.scalars(query))
+
+        result: list[AuditEntry] = self._run(read)
+        return result
+
+    # -- scheduling ----------------------------------------------------------------
+
+    def claim_due(
+        self,
+        now: datetime,
+        *,
+        providers: Sequence[str],
+        limit: int,
+        reschedule: Callable[[CredentialState], tuple[datetime, str]],
+        enqueue: Callable[[Iterable[Claim]], None],
+    ) -> list[Claim]:
+        """Claim due credentials, move their ``next_due_at``, hand them to ``enqueue``.
+
+        Rows are locked with ``FOR UPDATE SKIP LOCKED`` (Postgres), so concurrent sweeps
+        split the work instead of doubling it; SQLite serialises writers instead.
+        ``reschedule`` returns each claimed row's next due time and the trigger to use.
+        ``enqueue`` runs before the commit: if it fails, nothing is claimed and the next
+        sweep tries again, so a rotation is never lost (at worst one runs twice, which
+        the engine's lock and fence make harmless).
+        """
+
+        def write(session: Session) -> list[Claim]:
+            query = (
+                select(Credential)
+                .where(
+                    Credential.enabled.is_(True),
+                    Credential.provider.in_(providers),
+                    Credential.next_due_at <= now,
+                )
+                .order_by(Credential.next_due_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            claims = []
+            for row in session.scalars(query):
+                next_due, trigger = reschedule(_state(row))
+                row.next_due_at = next_due
+                claims.append(Claim(row.provider, row.tenant, trigger))
+            if claims:
+                enqueue(claims)
+            return claims
+
+        result: list[Claim] = self._run(write)
+        return result
+
+
+def _audit_row(attempt: Attempt) -> AuditEntry:
+    message = attempt.error_message
+    if message is not None and len(message) > 2000:
+        message = message[:2000] + "…"
+    return AuditEntry(
+        started_at=attempt.started_at,
+        provider=attempt.provider[:64],
+        tenant=attempt.tenant[:200],
+        action=attempt.action,
+        trigger=attempt.trigger,
+        outcome=attempt.outcome,
+        error_class=attempt.error_class,
+        error_message=message,
+        duration_ms=attempt.duration_ms,
+        version_before=attempt.version_before,
+        version_after=attempt.version_after,
+        fingerprint=attempt.fingerprint,
+        attempt=attempt.attempt,
+        task_id=attempt.task_id,
+    )
