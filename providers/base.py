@@ -12,7 +12,7 @@ Errors are re-exported here so a provider module needs a single import.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import requests
 from pydantic import BaseModel, ConfigDict
@@ -33,6 +33,7 @@ from tokenfleet.schedule import Schedule
 from tokenfleet.secret import Secret
 
 __all__ = [
+    "AnyProvider",
     "Clock",
     "CredentialsRejected",
     "GiveUp",
@@ -59,7 +60,8 @@ class ProviderConfig(BaseModel):
     Mark secret fields with ``pydantic.SecretStr`` so they never show in reprs or errors.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # hide_input_in_errors: a validation error must never echo a password back.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     #: Seconds to wait for the provider on each HTTP call.
     timeout: float = 20.0
@@ -101,8 +103,12 @@ class Provider(ABC, Generic[ConfigT]):
     def validate(self, secret: Secret) -> None:
         """Check that ``secret`` works; raise :class:`ValidationFailed` (or a RetryLater)."""
 
-    def revoke(self, secret: Secret) -> None:  # noqa: B027 - optional hook, no-op by default
+    def revoke(self, secret: Secret) -> None:
         """Invalidate ``secret`` at the service, if the service supports it."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
+
+
+#: Any provider class, whatever its config model (for registries and the engine).
+AnyProvider = Provider[Any]

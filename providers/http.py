@@ -21,7 +21,11 @@ from tokenfleet.errors import MalformedResponse, ProviderTimeout, ProviderUnavai
 
 def _where(method: str, url: str) -> str:
     parts = urlsplit(url)
-    return f"{method} {parts.scheme}://{parts.netloc}{parts.path}"
+    # hostname/port, not netloc: netloc would carry any user:password@ of the URL.
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return f"{method} {parts.scheme}://{host}{parts.path}"
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:

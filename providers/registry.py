@@ -7,18 +7,18 @@ from collections.abc import Iterable, Iterator
 
 from tokenfleet.errors import InvalidConfig, UnknownProvider
 
-from .base import Provider
+from .base import AnyProvider
 
 
 class Registry:
     """Maps provider names to classes. Unknown names raise :class:`UnknownProvider`."""
 
-    def __init__(self, providers: Iterable[type[Provider]] = ()) -> None:
-        self._providers: dict[str, type[Provider]] = {}
+    def __init__(self, providers: Iterable[type[AnyProvider]] = ()) -> None:
+        self._providers: dict[str, type[AnyProvider]] = {}
         for provider in providers:
             self.register(provider)
 
-    def register(self, provider: type[Provider]) -> type[Provider]:
+    def register(self, provider: type[AnyProvider]) -> type[AnyProvider]:
         name = getattr(provider, "name", None)
         if not isinstance(name, str) or not name:
             raise InvalidConfig(f"provider class {provider.__qualname__} has no name")
@@ -28,7 +28,7 @@ class Registry:
         self._providers[name] = provider
         return provider
 
-    def get(self, name: object) -> type[Provider]:
+    def get(self, name: object) -> type[AnyProvider]:
         if not isinstance(name, str):
             raise UnknownProvider(f"provider must be a string, got {type(name).__name__}")
         try:
@@ -40,7 +40,7 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         return name in self._providers
 
-    def __iter__(self) -> Iterator[type[Provider]]:
+    def __iter__(self) -> Iterator[type[AnyProvider]]:
         return iter(sorted(self._providers.values(), key=lambda p: p.name))
 
     def names(self) -> list[str]:

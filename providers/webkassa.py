@@ -246,9 +246,7 @@ class WebkassaProvider(Provider[WebkassaConfig]):
         data = self._judge(response, where, field, refused=self._refused_login)
         token = data.get("Token") if isinstance(data, Mapping) else None
         if not isinstance(token, str) or not token.strip():
-            raise MalformedResponse(
-                f"{self.name}: {where} answered without Data.Token", http_status=200
-            )
+            raise MalformedResponse(f"{self.name}: {where} answered without Data.Token")
         token = token.strip()
         if len(token) > _TOKEN_LIMIT or any(ch.isspace() for ch in token):
             raise MalformedResponse(f"{self.name}: {where} answered a token of an odd shape")

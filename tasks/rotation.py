@@ -12,16 +12,20 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from tokenfleet.backoff import retry_delay
 from tokenfleet.errors import InvalidArguments, TokenfleetError
 from tokenfleet.queues import MAX_COUNTDOWN
+from tokenfleet.runtime import Runtime
 from tokenfleet.store import Claim
 
 from .app import app, runtime
 
 
-def _bind(signature_of: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+def _bind(
+    signature_of: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
     try:
         bound = inspect.signature(signature_of).bind(*args, **kwargs)
     except TypeError as exc:
@@ -31,7 +35,10 @@ def _bind(signature_of: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
 
 
 def _rotate_signature(
-    provider: str, tenant: str = "default", stale_version: int | None = None, trigger: str = "manual"
+    provider: str,
+    tenant: str = "default",
+    stale_version: int | None = None,
+    trigger: str = "manual",
 ) -> None: ...
 
 
@@ -43,7 +50,10 @@ def _sweep_signature(provider: str | None = None) -> None: ...
 
 @app.task(name="tokenfleet.rotate", bind=True, max_retries=None)
 def rotate(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Rotate a credential: ``rotate(provider, tenant="default", stale_version=None, trigger="manual")``."""
+    """Rotate a credential.
+
+    ``rotate(provider, tenant="default", stale_version=None, trigger="manual")``
+    """
     rt = runtime()
     retries = self.request.retries or 0
     try:
@@ -51,24 +61,34 @@ def rotate(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     except InvalidArguments as exc:
         return rt.engine.reject("rotate", args, kwargs, exc, task_id=self.request.id).to_dict()
     final = retries >= rt.settings.max_retries
-    outcome = rt.engine.rotate(
-        params["provider"],
-        params["tenant"],
-        params["stale_version"],
-        params["trigger"],
-        attempt=retries + 1,
-        final=final,
-        task_id=self.request.id,
-    )
-    if outcome.retryable and not final:
-        countdown = retry_delay(
-            retries,
-            base=rt.settings.retry_base,
-            cap=min(rt.settings.retry_cap, MAX_COUNTDOWN),
-            retry_after=outcome.retry_after,
+    try:
+        outcome = rt.engine.rotate(
+            params["provider"],
+            params["tenant"],
+            params["stale_version"],
+            params["trigger"],
+            attempt=retries + 1,
+            final=final,
+            task_id=self.request.id,
         )
+    except SoftTimeLimitExceeded:
+        # Audited by the engine; a slow provider is a transient fault like a timeout.
+        if final:
+            raise
+        raise self.retry(countdown=_countdown(rt, retries, None), max_retries=None) from None
+    if outcome.retryable and not final:
+        countdown = _countdown(rt, retries, outcome.retry_after)
         raise self.retry(countdown=countdown, max_retries=None)
     return outcome.to_dict()
+
+
+def _countdown(rt: Runtime, retries: int, retry_after: float | None) -> float:
+    return retry_delay(
+        retries,
+        base=rt.settings.retry_base,
+        cap=min(rt.settings.retry_cap, MAX_COUNTDOWN),
+        retry_after=retry_after,
+    )
 
 
 @app.task(name="tokenfleet.check", bind=True)

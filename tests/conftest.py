@@ -31,6 +31,16 @@ PG_SERVER = os.environ.get("TOKENFLEET_TEST_POSTGRES_URL", "postgresql://postgre
 PG_DB = "tokenfleet_test"
 REPO = Path(__file__).resolve().parent.parent
 
+# The Celery client app in this process (tasks.app) reads its broker from the environment
+# when first imported; point it at the test Redis and teach its router the stub providers.
+os.environ["REDIS_URL"] = REDIS_URL
+os.environ["TOKENFLEET_EXTRA_PROVIDERS"] = (
+    "tests.stubs:StubProvider,tests.stubs:BrowserStubProvider"
+)
+for _name in ("BROKER_URL", "RESULT_BACKEND", "DATABASE_URL"):
+    os.environ.pop(_name, None)
+    os.environ.pop(f"TOKENFLEET_{_name}", None)
+
 
 @pytest.fixture(scope="session")
 def redis_client() -> Iterator[redis.Redis]:
@@ -60,7 +70,9 @@ def postgres_url() -> Iterator[str]:
 def _truncate(url: str) -> None:
     engine = make_engine(url)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE audit_log, secret_versions, credentials RESTART IDENTITY CASCADE"))
+        conn.execute(
+            text("TRUNCATE audit_log, secret_versions, credentials RESTART IDENTITY CASCADE")
+        )
     engine.dispose()
 
 
@@ -110,7 +122,9 @@ def clock() -> FrozenClock:
 @pytest.fixture
 def rt(settings: Settings, clock: FrozenClock) -> Iterator[Runtime]:
     runtime = Runtime(settings, clock=clock)
-    runtime.__dict__["registry"] = BUILTIN.with_extra(["tests.stubs:StubProvider"])
+    runtime.__dict__["registry"] = BUILTIN.with_extra(
+        ["tests.stubs:StubProvider", "tests.stubs:BrowserStubProvider"]
+    )
     yield runtime
     runtime.close()
 
@@ -123,5 +137,7 @@ def stub(redis_client: redis.Redis, key_prefix: str) -> StubControl:
 @pytest.fixture
 def stub_credential(rt: Runtime, stub: StubControl, clock: FrozenClock) -> StubControl:
     """A ``stub/default`` credential in the store, due now."""
-    rt.store.upsert(StubProvider.name, "default", stub.config(), None, enabled=True, now=clock.now())
+    rt.store.upsert(
+        StubProvider.name, "default", stub.config(), None, enabled=True, now=clock.now()
+    )
     return stub

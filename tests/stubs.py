@@ -17,7 +17,6 @@ from datetime import timedelta
 
 import redis
 
-
 from providers.base import (
     CredentialsRejected,
     MalformedResponse,
@@ -116,3 +115,8 @@ class StubProvider(Provider[StubConfig]):
             raise ValidationFailed("stub: token not accepted")
 
 
+class BrowserStubProvider(StubProvider):
+    """The same stub, living on the ``browser`` queue."""
+
+    name = "stub_browser"
+    queue = "browser"

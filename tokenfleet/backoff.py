@@ -21,5 +21,5 @@ def retry_delay(
 ) -> float:
     """Seconds to wait before retry number ``retries + 1`` (``retries`` counts from 0)."""
     step = min(cap, base * (2 ** max(0, retries)))
-    delay = step / 2 + (rng or random).uniform(0, step / 2)
+    delay: float = step / 2 + (rng or random).uniform(0, step / 2)
     return min(max(delay, retry_after or 0.0), cap)

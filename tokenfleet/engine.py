@@ -26,7 +26,7 @@ import requests
 from pydantic import ValidationError
 from redis.exceptions import LockError, RedisError
 
-from providers.base import Provider
+from providers.base import AnyProvider
 from providers.registry import Registry
 
 from .clock import Clock
@@ -199,15 +199,18 @@ class Engine:
                 try:
                     lock.release()
                 except LockError:
-                    log.warning(
-                        "rotation lock of %s/%s expired before release", provider, tenant
-                    )
+                    log.warning("rotation lock of %s/%s expired before release", provider, tenant)
                 except RedisError:
                     log.warning("could not release rotation lock of %s/%s", provider, tenant)
         except TokenfleetError as exc:
             return self._finish_failed(base, t0, exc, state, final=final)
+        except BaseException as exc:
+            self._audit_unexpected(base, t0, exc, state)
+            raise
 
-    def check(self, provider: Any, tenant: Any = "default", *, task_id: str | None = None) -> Outcome:
+    def check(
+        self, provider: Any, tenant: Any = "default", *, task_id: str | None = None
+    ) -> Outcome:
         """Validate the current version without replacing it.
 
         A version the provider rejects makes the credential due at once, so the next
@@ -248,6 +251,9 @@ class Engine:
             return self._finish_plain(base, t0, outcome, state)
         except TokenfleetError as exc:
             return self._finish_failed(base, t0, exc, state, final=True, counts=False)
+        except BaseException as exc:
+            self._audit_unexpected(base, t0, exc, state)
+            raise
 
     def sweep(
         self,
@@ -313,7 +319,7 @@ class Engine:
 
     def _rotate_locked(
         self,
-        cls: type[Provider],
+        cls: type[AnyProvider],
         state: CredentialState,
         base: Attempt,
         t0: float,
@@ -366,7 +372,7 @@ class Engine:
 
     # -- helpers -------------------------------------------------------------------
 
-    def _provider(self, cls: type[Provider], state: CredentialState) -> Provider:
+    def _provider(self, cls: type[AnyProvider], state: CredentialState) -> AnyProvider:
         raw = self.store.config(state)
         try:
             config = cls.config_model.model_validate(raw)
@@ -394,11 +400,11 @@ class Engine:
                 "rotate manually"
             )
 
-    def schedule_of(self, cls: type[Provider], state: CredentialState) -> Schedule:
+    def schedule_of(self, cls: type[AnyProvider], state: CredentialState) -> Schedule:
         return state.schedule or cls.default_schedule
 
     def _next_due(
-        self, cls: type[Provider], state: CredentialState, now: datetime, secret: Secret
+        self, cls: type[AnyProvider], state: CredentialState, now: datetime, secret: Secret
     ) -> datetime:
         due = self.schedule_of(cls, state).next_due(now, self.config.timezone, self.rng)
         if secret.expires_at is not None:
@@ -434,6 +440,34 @@ class Engine:
         attempt = self._attempt(base, t0, outcome)
         self.store.record(attempt, credential_id=state.id if state else None)
         return outcome
+
+    def _audit_unexpected(
+        self, base: Attempt, t0: float, exc: BaseException, state: CredentialState | None
+    ) -> None:
+        """Audit an attempt cut short by something outside the error tree, then let it rise.
+
+        That is a provider bug or the task's time limit; the message stays generic because
+        a foreign exception's text may quote anything, secrets included.
+        """
+        kind = type(exc).__name__
+        version = state.current_version if state else None
+        attempt = replace(
+            base,
+            outcome="failed",
+            duration_ms=round((self.clock.monotonic() - t0) * 1000, 3),
+            error_class=kind[:64],
+            error_message=f"unexpected {kind} during {base.action}; see the worker log",
+            version_after=version,
+        )
+        try:
+            self.store.record(
+                attempt, credential_id=state.id if state else None, failed=state is not None
+            )
+        except Exception:
+            log.error(
+                "could not audit interrupted %s of %s/%s", base.action, base.provider, base.tenant
+            )
+        log.error("%s %s/%s interrupted by %s", base.action, base.provider, base.tenant, kind)
 
     def _finish_failed(
         self,

@@ -59,9 +59,7 @@ def _resolve(value: Any, env: Mapping[str, str], where: str) -> Any:
         def sub(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in env:
-                raise InvalidConfig(
-                    f"{where}: environment variable {name} is not set", field=where
-                )
+                raise InvalidConfig(f"{where}: environment variable {name} is not set", field=where)
             return env[name]
 
         return _REF.sub(sub, value)

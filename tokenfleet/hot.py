@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.lock import Lock
@@ -65,11 +65,10 @@ class HotCache:
 
     def lock(self, provider: str, tenant: str, ttl: float) -> Lock:
         """A fleet-wide lock for one credential, owned by a random token, expiring after ``ttl``."""
-        return self.redis.lock(self._key("lock", provider, tenant), timeout=ttl, sleep=0.05)
+        lock: Lock = self.redis.lock(self._key("lock", provider, tenant), timeout=ttl, sleep=0.05)
+        return lock
 
-    def put(
-        self, provider: str, tenant: str, version: int, secret: Secret, now: datetime
-    ) -> None:
+    def put(self, provider: str, tenant: str, version: int, secret: Secret, now: datetime) -> None:
         """Store ``secret`` as the hot copy and announce the promotion, atomically."""
         ttl = self.ttl
         if secret.expires_at is not None:
@@ -90,7 +89,7 @@ class HotCache:
     def get(self, provider: str, tenant: str) -> tuple[int, Secret] | None:
         """The hot copy's version and secret, or None when absent or expired."""
         try:
-            blob = self.redis.get(self._key("secret", provider, tenant))
+            blob = cast(bytes | None, self.redis.get(self._key("secret", provider, tenant)))
         except redis.RedisError as exc:
             raise StoreUnavailable(f"redis unavailable ({type(exc).__name__})") from None
         if blob is None:
@@ -100,5 +99,5 @@ class HotCache:
 
     def raw(self, provider: str, tenant: str) -> bytes | None:
         """The stored bytes as they are, for tests and audits that check encryption."""
-        value: bytes | None = self.redis.get(self._key("secret", provider, tenant))
+        value = cast(bytes | None, self.redis.get(self._key("secret", provider, tenant)))
         return value

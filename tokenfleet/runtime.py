@@ -7,7 +7,7 @@ connections must not be shared across processes); tests build their own.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import redis
@@ -44,7 +44,7 @@ class Runtime:
     """Everything one process needs, built lazily from ``settings``."""
 
     settings: Settings
-    clock: Clock = SystemClock()
+    clock: Clock = field(default_factory=SystemClock)
 
     @cached_property
     def cipher(self) -> Cipher:

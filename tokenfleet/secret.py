@@ -83,6 +83,6 @@ class Secret:
         return cls(
             value=data["value"],
             expires_at=datetime.fromisoformat(expires) if expires else None,
-            bound=data.get("bound") or {},
-            cookies=data.get("cookies") or {},
+            bound=MappingProxyType(data.get("bound") or {}),
+            cookies=MappingProxyType(data.get("cookies") or {}),
         )

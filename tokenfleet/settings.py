@@ -109,6 +109,4 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"])
-        raise InvalidConfig(
-            f"invalid setting {field}: {first['msg']}", field=field
-        ) from None
+        raise InvalidConfig(f"invalid setting {field}: {first['msg']}", field=field) from None

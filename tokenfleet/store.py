@@ -119,9 +119,7 @@ class SqlStore:
             with self._sessions.begin() as session:
                 return fn(session)
         except OperationalError as exc:
-            raise StoreUnavailable(
-                f"database unavailable ({type(exc.orig).__name__})"
-            ) from None
+            raise StoreUnavailable(f"database unavailable ({type(exc.orig).__name__})") from None
 
     # -- credentials ---------------------------------------------------------------
 
@@ -146,7 +144,7 @@ class SqlStore:
             )
         return state
 
-    def list(self, provider: str | None = None) -> list[CredentialState]:
+    def credentials(self, provider: str | None = None) -> list[CredentialState]:
         def read(session: Session) -> list[CredentialState]:
             query = select(Credential).order_by(Credential.provider, Credential.tenant)
             if provider is not None:
