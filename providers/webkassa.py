@@ -29,8 +29,11 @@ From older integrations: accounts without an API key use ``/api/Authorize`` and
 
 Assumptions (no primary source found; each is configurable or conservative):
 
-* Token lifetime: integrators report sessions "up to 24 hours" and refresh after 22 h, so
-  ``token_ttl`` defaults to 24 h; the engine refreshes before ``expires_at`` anyway.
+* Token lifetime: integrators report sessions "up to 24 hours" and refresh after 22 h. It is
+  not documented, so ``token_ttl`` defaults to unknown (``None``) and the daily 05:00 schedule
+  alone drives rotation, as the operators' systemd timer did for years. Setting
+  ``token_ttl = "24h"`` makes the engine also rotate ahead of that expiry; with a 24 h
+  lifetime that pulls each day's rotation about 15 minutes earlier than the last.
 * Webkassa answers refusals with HTTP 200 and an ``Errors`` body; an HTTP 401/403 (what a
   gateway in front of it, or a missing API key, may produce) is treated as a refusal too.
 * Code ``505`` (service unavailable) is transient: one third-party client lists it; it is
@@ -134,7 +137,7 @@ class WebkassaConfig(ProviderConfig):
     validate_path: str | None = None
     validate_method: Literal["GET", "POST"] = "POST"
     validate_body: dict[str, Any] = Field(default_factory=dict)
-    token_ttl: timedelta | None = timedelta(hours=24)
+    token_ttl: timedelta | None = None
 
     @field_validator("base_url")
     @classmethod

@@ -200,11 +200,13 @@ def test_acquire_sets_expires_at_to_injected_clock_now_plus_token_ttl(
     assert secret.expires_at == START + timedelta(seconds=90) + timedelta(hours=12)
 
 
-def test_default_token_ttl_is_twenty_four_hours(mocked: responses.RequestsMock) -> None:
+def test_default_token_ttl_is_unknown_so_the_schedule_alone_drives_rotation(
+    mocked: responses.RequestsMock,
+) -> None:
     clock = FrozenClock(START)
     mocked.post(AUTHORIZE, json={"Data": {"Token": TOKEN}})
     secret = make_provider(clock=clock).acquire()
-    assert secret.expires_at == START + timedelta(hours=24)
+    assert secret.expires_at is None
 
 
 def test_null_token_ttl_leaves_expires_at_unset(mocked: responses.RequestsMock) -> None:
