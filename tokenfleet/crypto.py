@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,8 +74,8 @@ def load_or_create_key_file(path: Path) -> list[str]:
     key = generate_key()
     # Write aside, then hard-link into place: the link fails if another process won the
     # race, and nobody ever reads a half-written file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)  # mkstemp creates it 0600
     with os.fdopen(fd, "w") as handle:
         handle.write(key + "\n")
     try:

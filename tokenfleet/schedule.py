@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_serializer, field_validator, model_validator
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -52,6 +52,11 @@ class Schedule(BaseModel):
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return None if value is None else parse_duration(value)
+
+    @field_serializer("every", "jitter")
+    def _seconds(self, value: timedelta | None) -> float | None:
+        # Plain seconds round-trip through parse_duration; ISO 8601 ("PT30M") would not.
+        return None if value is None else value.total_seconds()
 
     @field_validator("cron")
     @classmethod
