@@ -23,21 +23,24 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import InvalidArguments, TokenfleetError
+from .errors import FleetTimeout, InvalidArguments, TokenfleetError
 from .runtime import Runtime
 from .schedule import parse_duration
 from .settings import load_settings
 
 app = typer.Typer(
-    help="Keep API tokens, keys and sessions fresh.", no_args_is_help=True, add_completion=False
+    help="Keep API tokens, keys and sessions fresh.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
 )
 credentials_app = typer.Typer(help="Declared credentials.", no_args_is_help=True)
 keys_app = typer.Typer(help="Encryption keys.", no_args_is_help=True)
 app.add_typer(credentials_app, name="credentials")
 app.add_typer(keys_app, name="keys")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant name.")]
@@ -173,7 +176,7 @@ def _send(name: str, kwargs: dict[str, Any], wait: bool, timeout: float) -> dict
         try:
             value: dict[str, Any] = result.get(timeout=timeout)
         except Exception as exc:  # celery raises TimeoutError of its own
-            raise typer.BadParameter(
+            raise FleetTimeout(
                 f"no result within {timeout:g}s ({type(exc).__name__}); is a worker running?"
             ) from None
     return value

@@ -8,7 +8,8 @@
     │   ├── ProviderUnavailable     connection refused/reset, HTTP 5xx
     │   ├── RateLimited             HTTP 429; carries ``retry_after`` seconds
     │   ├── RotationInProgress      another worker holds the credential's lock
-    │   └── StoreUnavailable        Redis or the database is unreachable
+    │   ├── StoreUnavailable        Redis or the database is unreachable
+    │   └── FleetTimeout            no worker answered within the caller's wait
     ├── GiveUp                      permanent for this secret: do not retry, open the circuit
     │   ├── CredentialsRejected     the provider refused the login (wrong password, …)
     │   ├── MalformedResponse       the answer is not what the provider documents (HTML 200, …)
@@ -78,6 +79,10 @@ class RotationInProgress(RetryLater):
 
 class StoreUnavailable(RetryLater):
     """Redis or the database could not be reached."""
+
+
+class FleetTimeout(RetryLater):
+    """No worker finished the request within the caller's wait (is a worker running?)."""
 
 
 class GiveUp(TokenfleetError):
