@@ -10,8 +10,8 @@ from datetime import timedelta
 
 from kombu import Exchange, Queue
 
-from tasks.routing import ProviderRouter
-from tokenfleet.queues import VISIBILITY_TIMEOUT
+from tasks.routing import DEFAULT_QUEUE, ProviderRouter
+from tokenfleet.queues import QUEUES, VISIBILITY_TIMEOUT
 from tokenfleet.runtime import build_registry
 from tokenfleet.settings import load_settings
 
@@ -38,9 +38,9 @@ task_queues = (
     Queue("light", _exchange, routing_key="light"),
     Queue("browser", _exchange, routing_key="browser"),
 )
-task_default_queue = "light"
+task_default_queue = DEFAULT_QUEUE
 task_default_exchange = "tokenfleet"
-task_default_routing_key = "light"
+task_default_routing_key = DEFAULT_QUEUE
 # A router, not per-call options, so `send_task` and `celery call` route the same way.
 task_routes = (ProviderRouter(_registry),)
 
@@ -62,8 +62,8 @@ result_backend_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT}
 worker_cancel_long_running_tasks_on_connection_loss = True
 # Per-queue soft/hard time limits are stamped into each message (tasks/routing.py);
 # these are the fallback for anything else.
-task_soft_time_limit = 60
-task_time_limit = 90
+task_soft_time_limit = QUEUES[DEFAULT_QUEUE].soft
+task_time_limit = QUEUES[DEFAULT_QUEUE].hard
 task_track_started = True
 # Events for Flower; they carry provider/tenant/version only.
 worker_send_task_events = True

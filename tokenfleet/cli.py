@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import FleetTimeout, InvalidArguments, TokenfleetError
+from .queues import QUEUES
 from .runtime import Runtime
 from .schedule import parse_duration
 from .settings import load_settings
@@ -364,11 +365,17 @@ def up(
                            "-n", "browser@%h", "--loglevel", "INFO"],
     }  # fmt: skip
     children: dict[str, subprocess.Popen[bytes]] = {}
-    stopping = False
+    signals = 0
 
     def stop(*_: Any) -> None:
-        nonlocal stopping
-        stopping = True
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            err.print("stopping: workers finish their running rotations (Ctrl-C again to kill)")
+        else:
+            for proc in children.values():
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
@@ -376,17 +383,20 @@ def up(
         for name, cmd in commands.items():
             children[name] = subprocess.Popen(cmd, start_new_session=True)
             out.print(f"started {name} (pid {children[name].pid})")
-        while not stopping:
+        while not signals:
             for name, proc in children.items():
-                if proc.poll() is not None:
+                if proc.poll() is not None and not signals:
                     err.print(f"{name} exited with {proc.returncode}; stopping the fleet")
-                    stopping = True
+                    signals = 1
             time.sleep(0.5)
     finally:
+        # Warm shutdown: a worker finishes its running task first, and a browser solve
+        # may take up to its queue's hard time limit.
         for proc in children.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
+        grace = max(limits.hard for limits in QUEUES.values()) + 10
+        deadline = time.monotonic() + grace
         for proc in children.values():
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
