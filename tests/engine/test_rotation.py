@@ -334,3 +334,27 @@ def test_check_validates_current_and_makes_a_rejected_one_due(
     assert state.current_version == 1
     assert state.next_due_at == clock.now()
     assert [r.action for r in audit_rows(rt)] == ["check", "rotate", "check", "check"]
+
+
+def test_promotion_is_published_without_the_secret(
+    rt: Runtime, stub_credential: StubControl, redis_client
+) -> None:
+    from tokenfleet.hot import Promotion
+
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(rt.hot.channel)
+    pubsub.get_message(timeout=1)  # the subscribe confirmation
+    outcome = rt.engine.rotate("stub")
+    message = pubsub.get_message(timeout=2)
+    pubsub.close()
+    assert message is not None and message["type"] == "message"
+    (token,) = stub_credential.issued()
+    assert token.encode() not in message["data"]
+    assert Promotion.from_json(message["data"]) == Promotion(
+        "stub",
+        "default",
+        1,
+        outcome.fingerprint,  # type: ignore[arg-type]
+    )
+    ttl = redis_client.ttl(f"{rt.settings.key_prefix}:secret:stub:default")
+    assert 0 < ttl <= rt.settings.redis_ttl
