@@ -358,3 +358,35 @@ def test_promotion_is_published_without_the_secret(
     )
     ttl = redis_client.ttl(f"{rt.settings.key_prefix}:secret:stub:default")
     assert 0 < ttl <= rt.settings.redis_ttl
+
+
+def test_a_worker_whose_lock_expired_cannot_overwrite_a_newer_version(
+    rt: Runtime, stub_credential: StubControl
+) -> None:
+    """Worker A hangs in acquire past its lock TTL; B rotates meanwhile; A is fenced out."""
+    from dataclasses import replace
+
+    rt.engine.config = replace(rt.engine.config, lock_ttls={"light": 0.3, "browser": 0.3})
+    stub_credential.script("sleep:1.0")  # A's acquire hangs; B's is instant
+    results = {}
+
+    def a() -> None:
+        results["a"] = rt.engine.rotate("stub", trigger="manual")
+
+    thread = threading.Thread(target=a)
+    thread.start()
+    import time
+
+    time.sleep(0.5)  # A's lock has expired by now
+    results["b"] = rt.engine.rotate("stub", trigger="manual")
+    thread.join()
+    assert results["b"].status == "rotated" and results["b"].version == 1
+    assert type(results["a"].error).__name__ == "FencedOut"
+    state = rt.store.require("stub", "default")
+    assert state.current_version == 1
+    current = rt.store.current(state.id)
+    assert current is not None and current[1].fingerprint == results["b"].fingerprint
+    hot = rt.hot.get("stub", "default")
+    assert hot is not None and hot[1].fingerprint == results["b"].fingerprint
+    # A fenced-out attempt is not the credential's fault: no circuit, no failure count.
+    assert state.circuit_open_until is None
