@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import requests
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tokenfleet.clock import Clock, SystemClock
 from tokenfleet.errors import (
@@ -94,6 +94,17 @@ class Provider(ABC, Generic[ConfigT]):
         self.config = config
         self.session = session or requests.Session()
         self.clock = clock or SystemClock()
+
+    @classmethod
+    def parse_config(cls, raw: Any, where: str) -> ProviderConfig:
+        """Validate ``raw`` against ``config_model``; errors name ``where``.config.field."""
+        try:
+            return cls.config_model.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            path = ".".join(str(part) for part in first["loc"])
+            field = f"{where}: config.{path}" if where else f"config.{path}"
+            raise InvalidConfig(f"{field}: {first['msg']}", field=field) from None
 
     @abstractmethod
     def acquire(self) -> Secret:

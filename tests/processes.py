@@ -13,6 +13,8 @@ from pathlib import Path
 
 import redis
 
+from tokenfleet.settings import Settings
+
 REPO = Path(__file__).resolve().parent.parent
 STUBS = "tests.stubs:StubProvider,tests.stubs:BrowserStubProvider"
 CELERY = [sys.executable, "-m", "celery", "-A", "tasks"]
@@ -47,6 +49,19 @@ def fleet_env(
     )
     env.update(extra or {})
     return env
+
+
+def fleet_env_for(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of fleet processes that share a test's ``settings``."""
+    return fleet_env(
+        redis_url=settings.redis_url,
+        database_url=settings.database_url,
+        key=settings.encryption_keys[0].get_secret_value(),
+        key_prefix=settings.key_prefix,
+        state_dir=settings.state_dir,
+        fleet_file=settings.fleet_file,
+        extra=extra,
+    )
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:

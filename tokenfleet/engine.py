@@ -23,7 +23,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import requests
-from pydantic import ValidationError
 from redis.exceptions import LockError, RedisError
 
 from providers.base import AnyProvider
@@ -35,7 +34,6 @@ from .errors import (
     FencedOut,
     GiveUp,
     InvalidArguments,
-    InvalidConfig,
     RetryLater,
     RotationInProgress,
     StoreUnavailable,
@@ -373,16 +371,8 @@ class Engine:
     # -- helpers -------------------------------------------------------------------
 
     def _provider(self, cls: type[AnyProvider], state: CredentialState) -> AnyProvider:
-        raw = self.store.config(state)
-        try:
-            config = cls.config_model.model_validate(raw)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            path = ".".join(str(p) for p in first["loc"])
-            raise InvalidConfig(
-                f"{state.provider}/{state.tenant}: config.{path}: {first['msg']}",
-                field=f"config.{path}",
-            ) from None
+        where = f"{state.provider}/{state.tenant}"
+        config = cls.parse_config(self.store.config(state), where)
         return cls(config, session=self.session, clock=self.clock)
 
     def _fresh(self, state: CredentialState, stale_version: int | None) -> Outcome | None:

@@ -118,14 +118,7 @@ def parse_specs(
             except ValidationError as exc:
                 raise _fail(f"{where}: schedule", exc.errors()[0]["msg"]) from None
         raw = _resolve(entry.get("config", {}), env, f"{where}: config")
-        try:
-            model = cls.config_model.model_validate(raw)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            path = ".".join(str(p) for p in first["loc"])
-            raise InvalidConfig(
-                f"{where}: config.{path}: {first['msg']}", field=f"{where}: config.{path}"
-            ) from None
+        model = cls.parse_config(raw, where)
         config = model.model_dump(mode="json", exclude_unset=False)
         # SecretStr dumps as '**********'; keep the real values for storage (encrypted).
         for name in cls.secret_fields:

@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from tasks.app import app
 from tests.conftest import REDIS_URL
-from tests.processes import REPO, beat, fleet_env, purge_queues, worker
+from tests.processes import REPO, beat, fleet_env_for, purge_queues, worker
 from tokenfleet.models import SecretVersion
 from tokenfleet.runtime import Runtime
 from tokenfleet.sandbox.webkassa import WebkassaSandbox
@@ -67,14 +67,9 @@ def test_beat_schedules_a_webkassa_rotation_that_lands_in_sql_and_redis(
     redis_client: redis.Redis,
 ) -> None:
     settings.fleet_file.write_text(FLEET.format(url=sandbox.url))
-    env = fleet_env(
-        redis_url=REDIS_URL,
-        database_url=settings.database_url,
-        key=settings.encryption_keys[0].get_secret_value(),
-        key_prefix=settings.key_prefix,
-        state_dir=settings.state_dir,
-        fleet_file=settings.fleet_file,
-        extra={
+    env = fleet_env_for(
+        settings,
+        {
             "WK_PASSWORD": PASSWORD,
             "WK_API_KEY": API_KEY,
             "TOKENFLEET_SWEEP_INTERVAL": "1",

@@ -9,7 +9,7 @@ import pytest
 
 from tasks.app import app
 from tests.conftest import REDIS_URL
-from tests.processes import fleet_env, purge_queues, worker
+from tests.processes import fleet_env_for, purge_queues, worker
 from tokenfleet.runtime import Runtime
 from tokenfleet.sandbox.webkassa import WebkassaSandbox
 from tokenfleet.settings import Settings
@@ -77,14 +77,7 @@ def test_a_token_the_api_rejects_is_never_promoted(rt: Runtime, webkassa: Webkas
 def test_worker_retries_webkassa_5xx_then_rotates(
     rt: Runtime, settings: Settings, webkassa: WebkassaSandbox, tmp_path: Path
 ) -> None:
-    env = fleet_env(
-        redis_url=REDIS_URL,
-        database_url=settings.database_url,
-        key=settings.encryption_keys[0].get_secret_value(),
-        key_prefix=settings.key_prefix,
-        state_dir=settings.state_dir,
-        fleet_file=settings.fleet_file,
-    )
+    env = fleet_env_for(settings)
     webkassa.fail_next("500", times=2, endpoint="/api/v4/Authorize")
     purge_queues(REDIS_URL)
     with worker(env, tmp_path / "worker.log", queues="light", concurrency=1):

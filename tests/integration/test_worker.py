@@ -11,7 +11,7 @@ import redis
 
 from tasks.app import app
 from tests.conftest import REDIS_URL
-from tests.processes import fleet_env, purge_queues, worker
+from tests.processes import fleet_env_for, purge_queues, worker
 from tests.stubs import StubControl
 from tokenfleet.runtime import Runtime
 from tokenfleet.settings import Settings
@@ -21,14 +21,7 @@ pytestmark = pytest.mark.worker
 
 @pytest.fixture
 def env(settings: Settings, tmp_path: Path) -> dict[str, str]:
-    return fleet_env(
-        redis_url=REDIS_URL,
-        database_url=settings.database_url,
-        key=settings.encryption_keys[0].get_secret_value(),
-        key_prefix=settings.key_prefix,
-        state_dir=settings.state_dir,
-        fleet_file=settings.fleet_file,
-    )
+    return fleet_env_for(settings)
 
 
 @pytest.fixture
