@@ -48,6 +48,11 @@ def _check_signature(provider: str, tenant: str = "default") -> None: ...
 def _sweep_signature(provider: str | None = None) -> None: ...
 
 
+def _sync_signature(
+    provider: str, tenant: str = "default", only: list[int] | None = None
+) -> None: ...
+
+
 @app.task(name="tokenfleet.rotate", bind=True, max_retries=None)
 def rotate(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Rotate a credential.
@@ -79,6 +84,15 @@ def rotate(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     if outcome.retryable and not final:
         countdown = _countdown(rt, retries, outcome.retry_after)
         raise self.retry(countdown=countdown, max_retries=None)
+    if outcome.pending_sinks:
+        sync_sinks.apply_async(
+            kwargs={
+                "provider": outcome.provider,
+                "tenant": outcome.tenant,
+                "only": list(outcome.pending_sinks),
+            },
+            countdown=_countdown(rt, 0, None),
+        )
     return outcome.to_dict()
 
 
@@ -134,3 +148,32 @@ def sweep(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             "error": exc.message,
         }
     return {"status": "swept", "provider": params["provider"], "claimed": len(claimed)}
+
+
+@app.task(name="tokenfleet.sync_sinks", bind=True, max_retries=None)
+def sync_sinks(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Write the current version to sinks: ``sync_sinks(provider, tenant, only=None)``.
+
+    Enqueued by ``rotate`` when a sink failed; retried with backoff until the sinks take
+    the value or the retries run out (each attempt is audited).
+    """
+    rt = runtime()
+    retries = self.request.retries or 0
+    try:
+        params = _bind(_sync_signature, args, kwargs)
+        outcome = rt.engine.sync_sinks(
+            params["provider"],
+            params["tenant"],
+            params["only"],
+            attempt=retries + 1,
+            task_id=self.request.id,
+        )
+    except TokenfleetError as exc:
+        return {"status": "rejected", "error_class": type(exc).__name__, "error": exc.message}
+    if outcome.pending_sinks and retries < rt.settings.max_retries:
+        raise self.retry(
+            kwargs={**params, "only": list(outcome.pending_sinks)},
+            countdown=_countdown(rt, retries, None),
+            max_retries=None,
+        )
+    return outcome.to_dict()

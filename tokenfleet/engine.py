@@ -36,6 +36,7 @@ from .errors import (
     InvalidArguments,
     RetryLater,
     RotationInProgress,
+    SinkFailed,
     StoreUnavailable,
     TokenfleetError,
     error_kind,
@@ -44,6 +45,7 @@ from .hot import HotCache
 from .queues import QUEUES
 from .schedule import Schedule
 from .secret import Secret
+from .sinks import SinkWriter, parse_sinks
 from .store import Attempt, Claim, CredentialState, SqlStore
 
 log = logging.getLogger("tokenfleet.engine")
@@ -77,6 +79,8 @@ class Outcome:
     version: int | None = None
     fingerprint: str | None = None
     error: TokenfleetError | None = None
+    #: Indexes of sinks that failed and should be retried (the promotion stands).
+    pending_sinks: tuple[int, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -102,6 +106,8 @@ class Outcome:
             result["error_class"] = error_kind(self.error)
             result["error"] = self.error.message
             result["retryable"] = self.retryable
+        if self.pending_sinks:
+            result["pending_sinks"] = list(self.pending_sinks)
         return result
 
 
@@ -118,6 +124,7 @@ class Engine:
         config: EngineConfig | None = None,
         session: requests.Session | None = None,
         rng: random.Random | None = None,
+        sinks: SinkWriter | None = None,
     ) -> None:
         self.store = store
         self.hot = hot
@@ -126,6 +133,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.session = session or requests.Session()
         self.rng = rng or random.Random()
+        self.sinks = sinks or SinkWriter(hot.redis)
 
     # -- public API ----------------------------------------------------------------
 
@@ -353,7 +361,10 @@ class Engine:
             base.trigger,
         )
         self._publish(state, version, secret, now)
-        return outcome
+        pending = self._write_sinks(
+            state, version, secret, base, range(len(self.store.sinks(state)))
+        )
+        return replace(outcome, pending_sinks=pending)
 
     def _publish(self, state: CredentialState, version: int, secret: Secret, now: datetime) -> None:
         try:
@@ -367,6 +378,99 @@ class Engine:
                 version,
                 exc,
             )
+
+    def sync_sinks(
+        self,
+        provider: Any,
+        tenant: Any = "default",
+        only: Iterable[int] | None = None,
+        *,
+        attempt: int = 1,
+        task_id: str | None = None,
+    ) -> Outcome:
+        """Write the *current* version to the credential's sinks (all, or ``only`` these).
+
+        Used to retry failed sinks and to fill newly declared ones. Always the current
+        version: if a newer one was promoted since a sink failed, the newer one is written.
+        """
+        _check_args(provider, tenant, None, "manual")
+        self.registry.get(provider)
+        state = self.store.require(provider, tenant)
+        current = self.store.current(state.id)
+        if current is None:
+            return Outcome("empty", provider, tenant)
+        version, secret = current
+        count = len(self.store.sinks(state))
+        indexes = [i for i in (range(count) if only is None else only) if 0 <= i < count]
+        base = Attempt(
+            provider=provider,
+            tenant=tenant,
+            action="sink",
+            trigger="manual",
+            outcome="",
+            started_at=self.clock.now(),
+            duration_ms=0.0,
+            version_before=version,
+            version_after=version,
+            fingerprint=secret.fingerprint,
+            attempt=attempt,
+            task_id=task_id,
+        )
+        pending = self._write_sinks(state, version, secret, base, indexes)
+        status = "synced" if not pending else "failed"
+        return Outcome(
+            status,
+            provider,
+            tenant,
+            version,
+            secret.fingerprint,
+            SinkFailed(f"{len(pending)} sink(s) failed") if pending else None,
+            pending,
+        )
+
+    def _write_sinks(
+        self,
+        state: CredentialState,
+        version: int,
+        secret: Secret,
+        base: Attempt,
+        indexes: Iterable[int],
+    ) -> tuple[int, ...]:
+        """Write one version to sinks; audit each; return the indexes that failed."""
+        raw = self.store.sinks(state)
+        if not raw:
+            return ()
+        specs = parse_sinks(raw)
+        failed = []
+        for index in indexes:
+            spec = specs[index]
+            t0 = self.clock.monotonic()
+            error: TokenfleetError | None = None
+            try:
+                self.sinks.write(spec, secret, self.clock.now())
+            except SinkFailed as exc:
+                error = exc
+                failed.append(index)
+                log.warning("sink of %s/%s failed: %s", state.provider, state.tenant, exc)
+            attempt = replace(
+                base,
+                action="sink",
+                outcome="failed" if error else "synced",
+                started_at=self.clock.now(),
+                duration_ms=round((self.clock.monotonic() - t0) * 1000, 3),
+                version_after=version,
+                fingerprint=secret.fingerprint,
+                error_class=error_kind(error) if error else None,
+                error_message=error.message if error else None,
+                detail=f"sink {index}: {spec.label()}",
+            )
+            try:
+                self.store.record(attempt)
+            except StoreUnavailable:
+                log.error(
+                    "could not audit sink %s of %s/%s", spec.label(), state.provider, state.tenant
+                )
+        return tuple(failed)
 
     # -- helpers -------------------------------------------------------------------
 

@@ -9,6 +9,7 @@
     │   ├── RateLimited             HTTP 429; carries ``retry_after`` seconds
     │   ├── RotationInProgress      another worker holds the credential's lock
     │   ├── StoreUnavailable        Redis or the database is unreachable
+    │   ├── SinkFailed              a sink could not be written; the promotion stands
     │   └── FleetTimeout            no worker answered within the caller's wait
     ├── GiveUp                      permanent for this secret: do not retry, open the circuit
     │   ├── CredentialsRejected     the provider refused the login (wrong password, …)
@@ -79,6 +80,10 @@ class RotationInProgress(RetryLater):
 
 class StoreUnavailable(RetryLater):
     """Redis or the database could not be reached."""
+
+
+class SinkFailed(RetryLater):
+    """A sink (Redis key, SQL row, env file, file) could not be written; retried later."""
 
 
 class FleetTimeout(RetryLater):

@@ -22,7 +22,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,11 @@ from providers.registry import Registry
 
 from .errors import InvalidConfig, TokenfleetError
 from .schedule import Schedule
+from .sinks import SINK_KINDS, dump_sinks, parse_sinks
 from .store import SqlStore
 
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_TOP_KEYS = {"provider", "tenant", "schedule", "enabled", "config"}
+_TOP_KEYS = {"provider", "tenant", "schedule", "enabled", "config", "sink"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class CredentialSpec:
     config: dict[str, Any]
     schedule: Schedule | None
     enabled: bool
+    sinks: list[dict[str, Any]] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return f"CredentialSpec({self.provider}/{self.tenant})"
@@ -124,8 +126,27 @@ def parse_specs(
         for name in cls.secret_fields:
             if name in raw:
                 config[name] = raw[name]
-        specs.append(CredentialSpec(provider, tenant, config, schedule, enabled))
+        sinks = _parse_sinks(entry.get("sink", []), env, where)
+        specs.append(CredentialSpec(provider, tenant, config, schedule, enabled, sinks))
     return specs
+
+
+def _parse_sinks(raw: Any, env: Mapping[str, str], where: str) -> list[dict[str, Any]]:
+    if not isinstance(raw, list):
+        raise _fail(f"{where}: sink", "must be an array of tables ([[credential.sink]])")
+    resolved = _resolve(raw, env, f"{where}: sink")
+    try:
+        return dump_sinks(parse_sinks(resolved))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = list(first["loc"])
+        # pydantic puts the union tag in the path (sink.0.sql_row.table); drop it.
+        if len(loc) > 1 and isinstance(loc[1], str) and loc[1] in SINK_KINDS:
+            loc.pop(1)
+        if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc.append("kind")
+        path = f"sink[{loc[0]}]" + "".join(f".{part}" for part in loc[1:])
+        raise InvalidConfig(f"{where}: {path}: {first['msg']}", field=f"{where}: {path}") from None
 
 
 def load_file(
@@ -144,12 +165,19 @@ def load_file(
         raise InvalidConfig(f"{path}: {exc.message}", field=exc.field) from None
 
 
-def apply(specs: list[CredentialSpec], store: SqlStore, now: datetime) -> dict[str, int]:
-    """Upsert every spec; return counts of created / updated / unchanged credentials."""
-    counts = {"created": 0, "updated": 0, "unchanged": 0}
+def apply(
+    specs: list[CredentialSpec], store: SqlStore, now: datetime
+) -> dict[tuple[str, str], str]:
+    """Upsert every spec; return each credential's ``created``/``updated``/``unchanged``."""
+    results = {}
     for spec in specs:
-        result = store.upsert(
-            spec.provider, spec.tenant, spec.config, spec.schedule, enabled=spec.enabled, now=now
+        results[(spec.provider, spec.tenant)] = store.upsert(
+            spec.provider,
+            spec.tenant,
+            spec.config,
+            spec.schedule,
+            enabled=spec.enabled,
+            now=now,
+            sinks=spec.sinks,
         )
-        counts[result] += 1
-    return counts
+    return results

@@ -81,6 +81,8 @@ class Credential(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     #: The provider config as encrypted JSON (it holds passwords).
     config_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    #: Sink declarations as encrypted JSON (DSNs hold passwords); NULL means none.
+    sinks_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     #: The schedule as JSON; NULL means the provider's default.
     schedule: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: The promoted version; 0 before the first. Promotion is fenced on this column.
@@ -129,6 +131,8 @@ class AuditEntry(Base):
     outcome: Mapped[str] = mapped_column(String(16))
     error_class: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: What else identifies the attempt, e.g. which sink (never a secret).
+    detail: Mapped[str | None] = mapped_column(String(200), nullable=True)
     duration_ms: Mapped[float] = mapped_column(Float)
     version_before: Mapped[int | None] = mapped_column(Integer, nullable=True)
     version_after: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -96,9 +96,26 @@ class Runtime:
         migrate(self.db)
 
     def load_fleet_file(self) -> dict[str, int]:
-        """Validate the fleet file and upsert its credentials; a bad file changes nothing."""
+        """Validate the fleet file and upsert its credentials; a bad file changes nothing.
+
+        Credentials whose declaration changed get their current version written to their
+        sinks at once, so a newly declared sink does not wait for the next rotation.
+        """
         specs = fleetfile.load_file(self.settings.fleet_file, self.registry)
-        counts = fleetfile.apply(specs, self.store, self.clock.now())
+        results = fleetfile.apply(specs, self.store, self.clock.now())
+        counts = {"created": 0, "updated": 0, "unchanged": 0}
+        for result in results.values():
+            counts[result] += 1
+        for spec in specs:
+            if spec.sinks and results[(spec.provider, spec.tenant)] != "unchanged":
+                outcome = self.engine.sync_sinks(spec.provider, spec.tenant)
+                if outcome.status == "failed":
+                    log.warning(
+                        "%s/%s: %s; retried at the next promotion or 'tokenfleet sinks sync'",
+                        spec.provider,
+                        spec.tenant,
+                        outcome.error,
+                    )
         if specs:
             log.info(
                 "fleet file %s: %d created, %d updated, %d unchanged",
@@ -110,6 +127,8 @@ class Runtime:
         return counts
 
     def close(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.sinks.close()
         if "db" in self.__dict__:
             self.db.dispose()
         if "redis" in self.__dict__:

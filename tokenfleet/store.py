@@ -44,6 +44,7 @@ class CredentialState:
     last_error: str | None
     last_attempt_at: datetime | None
     config_enc: bytes
+    sinks_enc: bytes | None = None
 
     def __repr__(self) -> str:
         return (
@@ -68,6 +69,7 @@ class Attempt:
     fingerprint: str | None = None
     error_class: str | None = None
     error_message: str | None = None
+    detail: str | None = None
     attempt: int = 1
     task_id: str | None = None
 
@@ -100,6 +102,7 @@ def _state(row: Credential) -> CredentialState:
         last_error=row.last_error,
         last_attempt_at=row.last_attempt_at,
         config_enc=row.config_enc,
+        sinks_enc=row.sinks_enc,
     )
 
 
@@ -159,6 +162,13 @@ class SqlStore:
         data: dict[str, Any] = json.loads(self.cipher.decrypt(state.config_enc))
         return data
 
+    def sinks(self, state: CredentialState) -> list[dict[str, Any]]:
+        """Decrypt a credential's sink declarations (plain data; see tokenfleet.sinks)."""
+        if not state.sinks_enc:
+            return []
+        data: list[dict[str, Any]] = json.loads(self.cipher.decrypt(state.sinks_enc))
+        return data
+
     def upsert(
         self,
         provider: str,
@@ -168,11 +178,13 @@ class SqlStore:
         *,
         enabled: bool,
         now: datetime,
+        sinks: list[dict[str, Any]] | None = None,
     ) -> str:
         """Create or update a credential; return ``created``, ``updated`` or ``unchanged``.
 
         A new credential is due at once (it has no version yet). A changed config closes
         the circuit and makes it due at once, since the fix may be what was missing.
+        ``sinks`` of ``None`` keeps the stored sinks; ``[]`` removes them.
         """
         schedule_json = schedule.model_dump_json() if schedule else None
 
@@ -189,6 +201,9 @@ class SqlStore:
                         tenant=tenant,
                         enabled=enabled,
                         config_enc=self.cipher.encrypt(json.dumps(config).encode()),
+                        sinks_enc=self.cipher.encrypt(json.dumps(sinks).encode())
+                        if sinks
+                        else None,
                         schedule=schedule_json,
                         current_version=0,
                         next_due_at=now,
@@ -206,6 +221,13 @@ class SqlStore:
                 row.consecutive_failures = 0
                 row.next_due_at = now
                 changed = True
+            if sinks is not None:
+                old_sinks = json.loads(self.cipher.decrypt(row.sinks_enc)) if row.sinks_enc else []
+                if old_sinks != sinks:
+                    row.sinks_enc = (
+                        self.cipher.encrypt(json.dumps(sinks).encode()) if sinks else None
+                    )
+                    changed = True
             if row.schedule != schedule_json:
                 row.schedule = schedule_json
                 changed = True
@@ -406,6 +428,9 @@ class SqlStore:
             for cred in session.scalars(select(Credential)):
                 cred.config_enc = self.cipher.rotate(cred.config_enc)
                 count += 1
+                if cred.sinks_enc:
+                    cred.sinks_enc = self.cipher.rotate(cred.sinks_enc)
+                    count += 1
             return count
 
         result: int = self._run(write)
@@ -527,6 +552,7 @@ def _audit_row(attempt: Attempt) -> AuditEntry:
         outcome=attempt.outcome,
         error_class=attempt.error_class,
         error_message=message,
+        detail=attempt.detail[:200] if attempt.detail else None,
         duration_ms=attempt.duration_ms,
         version_before=attempt.version_before,
         version_after=attempt.version_after,

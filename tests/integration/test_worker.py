@@ -186,3 +186,28 @@ def test_hard_time_limit_kills_a_hung_rotation_and_audits_it(
     assert rows[0].error_class == "SoftTimeLimitExceeded"
     assert rows[-1].outcome == "rotated"
     # The interrupted attempt released its lock, or the retry could not have rotated.
+
+
+def test_a_failed_sink_is_retried_by_a_task_until_it_takes(
+    rt: Runtime, stub: StubControl, light_worker: Path, tmp_path: Path
+) -> None:
+    """The rotation succeeds at once; the blocked sink gets the token once unblocked."""
+    import time
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a directory should be")
+    target = blocker / "token"
+    rt.store.upsert(
+        "stub", "default", stub.config(), None, enabled=True, now=rt.clock.now(),
+        sinks=[{"kind": "file", "path": str(target)}],
+    )  # fmt: skip
+    result = call("tokenfleet.rotate", provider="stub")
+    assert result["status"] == "rotated" and result["pending_sinks"] == [0]
+    blocker.unlink()  # the operator fixes the path while retries are pending
+    (token,) = stub.issued()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not target.exists():
+        time.sleep(0.2)
+    assert target.read_text() == token
+    sink_rows = [r for r in rt.store.audit_log() if r.action == "sink"]
+    assert sink_rows[0].outcome == "synced" and sink_rows[-1].outcome == "failed"
