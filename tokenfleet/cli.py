@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -24,7 +22,6 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import FleetTimeout, InvalidArguments, TokenfleetError
-from .queues import QUEUES
 from .runtime import Runtime
 from .schedule import parse_duration
 from .settings import load_settings
@@ -353,56 +350,42 @@ def keys_rotate() -> None:
 @app.command()
 def up(
     concurrency: Annotated[int, typer.Option(help="Processes of the light worker.")] = 2,
+    flower: Annotated[bool, typer.Option(help="Start Flower too (if installed).")] = True,
 ) -> None:
-    """Run the whole fleet here: migrate, then Beat, a light and a browser worker."""
-    migrate()
-    celery = [sys.executable, "-m", "celery", "-A", "tasks"]
-    commands = {
-        "beat": [*celery, "beat", "--loglevel", "INFO"],
-        "worker-light": [*celery, "worker", "-Q", "light", "-c", str(concurrency),
-                         "-n", "light@%h", "--loglevel", "INFO"],
-        "worker-browser": [*celery, "worker", "-Q", "browser", "-c", "1",
-                           "-n", "browser@%h", "--loglevel", "INFO"],
-    }  # fmt: skip
-    children: dict[str, subprocess.Popen[bytes]] = {}
+    """Run the whole fleet here: Redis if needed, sandbox in dev mode, Beat, workers, Flower."""
+    from .fleet import Fleet
+
+    settings = load_settings()
+    out.print(f"tokenfleet up ({settings.env} mode)")
+    fleet = Fleet(settings, say=lambda line: out.print(line, markup=False, highlight=False),
+                  concurrency=concurrency, flower=flower)  # fmt: skip
     signals = 0
 
-    def stop(*_: Any) -> None:
+    def on_signal(*_: Any) -> None:
         nonlocal signals
         signals += 1
         if signals == 1:
             err.print("stopping: workers finish their running rotations (Ctrl-C again to kill)")
         else:
-            for proc in children.values():
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
+            fleet.kill()
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     try:
-        for name, cmd in commands.items():
-            children[name] = subprocess.Popen(cmd, start_new_session=True)
-            out.print(f"started {name} (pid {children[name].pid})")
-        while not signals:
-            for name, proc in children.items():
-                if proc.poll() is not None and not signals:
-                    err.print(f"{name} exited with {proc.returncode}; stopping the fleet")
-                    signals = 1
-            time.sleep(0.5)
+        fleet.start()
+        rt = fleet.runtime()
+        try:
+            while not signals:
+                dead = fleet.poll(rt)
+                if dead is not None:
+                    err.print(f"{dead} exited; stopping the fleet (see its log)")
+                    break
+                time.sleep(1.0)
+            fleet.poll(rt)
+        finally:
+            rt.close()
     finally:
-        # Warm shutdown: a worker finishes its running task first, and a browser solve
-        # may take up to its queue's hard time limit.
-        for proc in children.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        grace = max(limits.hard for limits in QUEUES.values()) + 10
-        deadline = time.monotonic() + grace
-        for proc in children.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        fleet.stop(force=signals > 1)
         out.print("fleet stopped")
 
 

@@ -34,6 +34,7 @@ from .errors import (
     FencedOut,
     GiveUp,
     InvalidArguments,
+    InvalidConfig,
     RetryLater,
     RotationInProgress,
     SinkFailed,
@@ -50,6 +51,9 @@ from .store import Attempt, Claim, CredentialState, SqlStore
 
 log = logging.getLogger("tokenfleet.engine")
 
+#: Tenant name of the dev sandbox's credentials (see tokenfleet.fleet).
+SANDBOX_TENANT = "sandbox"
+
 TRIGGERS = ("schedule", "expiry", "on_demand", "manual")
 
 
@@ -58,6 +62,8 @@ class EngineConfig:
     """The engine's tunables (normally taken from :class:`~tokenfleet.settings.Settings`)."""
 
     timezone: str = "UTC"
+    #: ``prod`` refuses sandbox credentials (tenant ``sandbox``) outright.
+    env: str = "dev"
     lock_wait: float = 10.0
     circuit_cooldown: float = 3600.0
     retry_cap: float = 600.0
@@ -170,6 +176,7 @@ class Engine:
         try:
             _check_args(provider, tenant, stale_version, trigger)
             cls = self.registry.get(provider)
+            self._refuse_sandbox_in_prod(tenant)
             state = self.store.require(provider, tenant)
             base = replace(base, version_before=state.current_version)
             fresh = self._fresh(state, stale_version)
@@ -478,6 +485,13 @@ class Engine:
         where = f"{state.provider}/{state.tenant}"
         config = cls.parse_config(self.store.config(state), where)
         return cls(config, session=self.session, clock=self.clock)
+
+    def _refuse_sandbox_in_prod(self, tenant: str) -> None:
+        if self.config.env == "prod" and tenant == SANDBOX_TENANT:
+            raise InvalidConfig(
+                f"tenant {SANDBOX_TENANT!r} is the dev sandbox and is never rotated in prod mode",
+                field="env",
+            )
 
     def _fresh(self, state: CredentialState, stale_version: int | None) -> Outcome | None:
         if stale_version is not None and state.current_version > stale_version:

@@ -84,6 +84,7 @@ class Runtime:
             clock=self.clock,
             config=EngineConfig(
                 timezone=s.timezone,
+                env=s.env,
                 lock_wait=s.lock_wait,
                 circuit_cooldown=s.circuit_cooldown,
                 retry_cap=s.retry_cap,

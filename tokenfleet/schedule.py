@@ -34,6 +34,15 @@ def parse_duration(value: Any) -> timedelta:
     raise ValueError(f"not a duration: {value!r} (use seconds or e.g. '90s', '30m', '3h', '1d')")
 
 
+def format_duration(value: timedelta) -> str:
+    """The inverse of :func:`parse_duration` for whole units: ``90s``, ``30m``, ``3h``, ``1d``."""
+    seconds = value.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
 class Schedule(BaseModel):
     """A credential's rotation schedule.
 
@@ -98,9 +107,14 @@ class Schedule(BaseModel):
         return cls.model_validate(value)
 
     def describe(self) -> str:
-        base = f"cron {self.cron}" if self.cron else f"every {self.every}"
+        """A short human form: ``cron 0 5 * * * +rand(30m)``, ``every 3h``."""
+        if self.cron:
+            base = f"cron {self.cron}" + (f" ({self.timezone})" if self.timezone else "")
+        else:
+            assert self.every is not None
+            base = f"every {format_duration(self.every)}"
         if self.jitter:
-            base += f" +rand({self.jitter})"
+            base += f" +rand({format_duration(self.jitter)})"
         return base
 
     def next_due(

@@ -493,6 +493,28 @@ class SqlStore:
         result: list[AuditEntry] = self._run(read)
         return result
 
+    def last_audit_id(self) -> int:
+        def read(session: Session) -> int:
+            return int(session.scalar(select(func.coalesce(func.max(AuditEntry.id), 0))) or 0)
+
+        result: int = self._run(read)
+        return result
+
+    def audit_after(self, audit_id: int, limit: int = 500) -> list[AuditEntry]:
+        """Audit rows newer than ``audit_id``, oldest first (for following the log)."""
+
+        def read(session: Session) -> list[AuditEntry]:
+            query = (
+                select(AuditEntry)
+                .where(AuditEntry.id > audit_id)
+                .order_by(AuditEntry.id)
+                .limit(limit)
+            )
+            return list(session.scalars(query))
+
+        result: list[AuditEntry] = self._run(read)
+        return result
+
     # -- scheduling ----------------------------------------------------------------
 
     def claim_due(

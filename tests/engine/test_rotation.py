@@ -390,3 +390,16 @@ def test_a_worker_whose_lock_expired_cannot_overwrite_a_newer_version(
     assert hot is not None and hot[1].fingerprint == results["b"].fingerprint
     # A fenced-out attempt is not the credential's fault: no circuit, no failure count.
     assert state.circuit_open_until is None
+
+
+def test_prod_mode_never_rotates_a_sandbox_credential(rt: Runtime, stub: StubControl) -> None:
+    from dataclasses import replace
+
+    rt.store.upsert("stub", "sandbox", stub.config(), None, enabled=True, now=rt.clock.now())
+    rt.engine.config = replace(rt.engine.config, env="prod")
+    outcome = rt.engine.rotate("stub", "sandbox")
+    assert outcome.status == "rejected" and type(outcome.error).__name__ == "InvalidConfig"
+    assert "sandbox" in outcome.error.message  # type: ignore[union-attr]
+    assert stub.count("acquire") == 0
+    rt.engine.config = replace(rt.engine.config, env="dev")
+    assert rt.engine.rotate("stub", "sandbox").status == "rotated"

@@ -81,3 +81,9 @@ def test_a_schedule_survives_its_json_round_trip() -> None:
     assert Schedule.model_validate_json(schedule.model_dump_json()) == schedule
     interval = Schedule.parse("every 3h")
     assert Schedule.model_validate_json(interval.model_dump_json()) == interval
+
+
+def test_describe_is_short_and_human() -> None:
+    assert Schedule(cron="0 5 * * *", jitter="30m").describe() == "cron 0 5 * * * +rand(30m)"
+    assert Schedule.parse("every 3h").describe() == "every 3h"
+    assert Schedule(every=90).describe() == "every 90s"
