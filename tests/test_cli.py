@@ -125,3 +125,29 @@ def test_rotate_without_a_worker_times_out_with_a_clear_message(cli) -> None:  #
                TOKENFLEET_KEY_PREFIX="nobody-listens")  # fmt: skip
     assert done.stderr.startswith("error: FleetTimeout: no result within 1s")
     assert "is a worker running?" in done.stderr
+
+
+def test_credentials_add_validates_and_reveal_is_the_only_way_to_see_a_secret(
+    cli, sandbox: WebkassaSandbox
+) -> None:  # type: ignore[no-untyped-def]
+    cli("migrate")
+    bad = cli(
+        "credentials", "add", "webkassa", "-t", "cli", "--set", f"base_url={sandbox.url}", code=2
+    )
+    assert "config.login" in bad.stderr
+    added = cli(
+        "credentials", "add", "webkassa", "-t", "cli", "--set", f"base_url={sandbox.url}",
+        "--set", "login=sandbox", "--set", "password=${WK_PASSWORD}", "--schedule", "every 3h",
+    )  # fmt: skip
+    assert "webkassa/cli: created" in added.stdout
+    plain = json.loads(cli("rotate", "webkassa", "-t", "cli", "--local", "--json").stdout)
+    assert "value" not in plain
+    import subprocess
+
+    revealed = subprocess.run(
+        [TOKENFLEET, "rotate", "webkassa", "-t", "cli", "--local", "--reveal", "--json"],  # type: ignore[list-item]
+        env=cli.env, capture_output=True, text=True, timeout=60, cwd=cli.fleet.parent,
+    )  # fmt: skip
+    assert json.loads(revealed.stdout)["value"] == sandbox.issued[-1]
+    rows = {r["tenant"]: r for r in json.loads(cli("credentials", "list", "--json").stdout)}
+    assert rows["cli"]["schedule"] == "every 3h"

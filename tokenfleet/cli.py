@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from . import fleetfile
 from .errors import FleetTimeout, InvalidArguments, TokenfleetError
 from .runtime import Runtime
 from .schedule import parse_duration
@@ -187,15 +188,31 @@ def rotate(
     wait: Annotated[bool, typer.Option(help="Wait for the worker's result.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 120.0,
     local: Annotated[bool, typer.Option(help="Rotate in this process, without a worker.")] = False,
+    reveal: Annotated[
+        bool,
+        typer.Option("--reveal", help="Also print the secret itself (careful: terminals log)."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Rotate a credential now (trigger ``manual``), through a worker unless ``--local``."""
+    """Rotate a credential now (trigger ``manual``), through a worker unless ``--local``.
+
+    The new secret is never shown unless ``--reveal`` is given.
+    """
     if local:
         with _runtime() as rt:
             result = rt.engine.rotate(provider, tenant, trigger="manual").to_dict()
     else:
         result = _send("tokenfleet.rotate", {"provider": provider, "tenant": tenant}, wait, timeout)
+    if reveal and result.get("version"):
+        with _runtime() as rt:
+            current = rt.store.current(rt.store.require(provider, tenant).id)
+        if current is not None:
+            result["value"] = current[1].reveal()
+            if current[1].bound:
+                result["bound"] = dict(current[1].bound)
     _print_outcome(result, as_json)
+    if "value" in result and not as_json:
+        out.print(result["value"], markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -287,6 +304,40 @@ def credentials_list(as_json: JsonOpt = False) -> None:
     for row in rows:
         table.add_row(*(str(row[c]) for c in ("provider", "tenant", "enabled", "schedule")))
     out.print(table)
+
+
+@credentials_app.command("add")
+def credentials_add(
+    provider: str,
+    settings_: Annotated[
+        list[str],
+        typer.Option(
+            "--set",
+            help="A config field, key=value; ${VAR} takes the value from the environment.",
+        ),
+    ],
+    tenant: TenantOpt = "default",
+    schedule: Annotated[
+        str | None, typer.Option(help="Cron ('0 5 * * *') or 'every 3h'; default: provider's.")
+    ] = None,
+) -> None:
+    """Declare (or update) a credential without the fleet file; it is due at once."""
+    config: dict[str, Any] = {}
+    for item in settings_:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidArguments(f"--set {item!r}: expected key=value")
+        config[key.strip()] = value
+    entry: dict[str, Any] = {"provider": provider, "tenant": tenant, "config": config}
+    if schedule is not None:
+        entry["schedule"] = schedule
+    with _runtime() as rt:
+        (spec,) = fleetfile.parse_specs({"credential": [entry]}, rt.registry)
+        result = rt.store.upsert(
+            spec.provider, spec.tenant, spec.config, spec.schedule, enabled=True,
+            now=rt.clock.now(),
+        )  # fmt: skip
+    out.print(f"{provider}/{tenant}: {result}")
 
 
 @credentials_app.command("load")
