@@ -151,3 +151,15 @@ def test_credentials_add_validates_and_reveal_is_the_only_way_to_see_a_secret(
     assert json.loads(revealed.stdout)["value"] == sandbox.issued[-1]
     rows = {r["tenant"]: r for r in json.loads(cli("credentials", "list", "--json").stdout)}
     assert rows["cli"]["schedule"] == "every 3h"
+
+
+def test_credentials_remove_deletes_versions_but_keeps_the_audit(cli) -> None:  # type: ignore[no-untyped-def]
+    cli("migrate")
+    cli("rotate", "webkassa", "-t", "shop", "--local")
+    assert "removed" in cli("credentials", "remove", "webkassa", "-t", "shop", "--yes").stdout
+    assert json.loads(cli("status", "--json").stdout) == []
+    assert len(json.loads(cli("log", "--json").stdout)) == 1
+    assert (
+        "UnknownCredential"
+        in cli("credentials", "remove", "webkassa", "-t", "shop", "--yes", code=2).stderr
+    )
