@@ -1,26 +1,32 @@
 """Rotations per second against a raw Celery no-op baseline, measured in the same run.
 
-``make bench`` or ``.venv/bin/python bench/throughput.py [--tenants 2000]``
+``make bench`` or ``.venv/bin/python bench/throughput.py [--tenants 2000] [--rounds 3]``
+(quick look: ``--tenants 200 --rounds 1``)
 
 Steps, all against the local Redis and a throw-away database:
 
 1. create the database (Postgres ``tokenfleet_bench``, dropped at the end, or a SQLite
    file), migrate it, and insert ``--tenants`` credentials plus a few warm-up ones;
-2. **baseline**: start ``celery -A bench.noop_app worker -c 2 -Q bench-noop`` (tokenfleet's
-   Celery settings, a task that does nothing), warm it up, time N no-op tasks, measure a
-   sequential round trip, stop it;
-3. **direct**: start ``celery -A tasks worker -Q light -c 2``, warm it up, time N
-   ``tokenfleet.rotate`` (one per tenant, trigger ``manual``) exactly as the baseline was
-   timed, check every result and every credential, measure a sequential round trip;
+2. start both workers, each ``-c 2`` and warmed up with a few tasks so start-up is not
+   measured: the **baseline** ``celery -A bench.noop_app worker -Q bench-noop`` (tokenfleet's
+   Celery settings, a task that does nothing) and ``celery -A tasks worker -Q light``;
+3. for each round: time N no-op tasks, then N ``tokenfleet.rotate`` (one per tenant,
+   trigger ``manual``) measured exactly the same way; check every rotation result and every
+   credential (version 1, one current version, one audit row), then reset them;
 4. **sweep**: make every credential due and unrotated again, send one ``tokenfleet.sweep``
    and time until every credential has a promoted version (SQL ``promoted_at``);
-5. print the table and the ratios; the goal is rotations/s ÷ baseline/s ≥ 0.5.
+5. sequential round trips of each task for per-task latency;
+6. print the table and the ratios; the goal is rotations/s / baseline/s >= 0.5.
 
-Both timed batches are measured the same way. In ``drain`` mode (default) the worker's
-consumer is paused, all N messages are published, and the clock starts when the consumer
-is resumed, so the bench process's own publishing does not compete with the workers for
-the CPU; ``live`` mode sends while the worker consumes. The clock stops at the latest
-``date_done`` in the result backend (written by the worker), so polling adds nothing.
+The machine may be shared: only the ratio of figures taken in the same run means anything,
+and with ``--rounds`` > 1 the batches alternate and the median ratio is reported. The idle
+worker of the pair only waits on Redis while the other one is timed.
+
+In ``drain`` mode (default) the timed worker's consumer is paused, all N messages are
+published, and the clock starts when the consumer resumes, so the bench process's own
+publishing does not compete with the workers for the CPU; ``live`` mode sends while the
+worker consumes. The clock stops at the latest ``date_done`` in the result backend
+(written by the worker), so polling adds nothing.
 """
 
 from __future__ import annotations
@@ -78,7 +84,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--database-url",
         default=None,
-        help=f"default: a fresh Postgres database {PG_DB} on {PG_SERVER} (dropped at the end)",
+        help=f"an empty, disposable database (default: a fresh Postgres database {PG_DB} "
+        f"on {PG_SERVER}, dropped at the end)",
     )
     parser.add_argument(
         "--sqlite", action="store_true", help="use a fresh SQLite file instead of Postgres"
@@ -98,11 +105,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="drain",
         help="drain: publish all, then let the workers consume (default); live: time sends too",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating baseline/rotation rounds (3)"
+    )
     parser.add_argument("--warmup", type=int, default=20, help="warm-up tasks per worker (20)")
     parser.add_argument(
         "--probe", type=int, default=50, help="sequential round trips for latency (50)"
     )
     parser.add_argument("--no-sweep", action="store_true", help="skip the sweep measurement")
+    parser.add_argument(
+        "--fleet-app",
+        default="tasks",
+        metavar="MODULE",
+        help="celery -A MODULE for the rotation worker (default tasks); to try a patched app",
+    )
     parser.add_argument("--loglevel", default="INFO", help="worker log level (INFO)")
     parser.add_argument("--keep", action="store_true", help="keep the database and worker logs")
     parser.add_argument(
@@ -110,12 +126,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         default=None,
         metavar="RATIO",
-        help="exit 1 when the direct ratio is below RATIO",
+        help="exit 1 when the (median) rotate ratio is below RATIO",
+    )
+    parser.add_argument(
+        "--trace", action="store_true", help="print each timed window in epoch seconds"
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="per batch, seconds (300)")
     args = parser.parse_args(argv)
-    if args.tenants < 1 or args.concurrency < 1:
-        parser.error("--tenants and --concurrency must be positive")
+    if args.tenants < 1 or args.concurrency < 1 or args.rounds < 1:
+        parser.error("--tenants, --concurrency and --rounds must be positive")
     if args.sqlite and args.database_url:
         parser.error("--sqlite and --database-url exclude each other")
     return args
@@ -124,9 +143,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 # -- processes -----------------------------------------------------------------------------
 
 
-def fleet_env(
-    *, redis_url: str, database_url: str, key: str, state_dir: Path
-) -> dict[str, str]:
+def fleet_env(*, redis_url: str, database_url: str, key: str, state_dir: Path) -> dict[str, str]:
     """The workers' environment: explicit, nothing inherited from TOKENFLEET_* or .env."""
     env = {
         k: v
@@ -142,7 +159,9 @@ def fleet_env(
             "TOKENFLEET_STATE_DIR": str(state_dir),
             "TOKENFLEET_FLEET_FILE": str(state_dir / "no-fleet.toml"),
             "TOKENFLEET_EXTRA_PROVIDERS": "bench.stub:BenchProvider",
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": os.pathsep.join(
+                [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -248,6 +267,7 @@ class Batch:
     label: str
     count: int
     seconds: float
+    start: float
     results: list[Any] = field(repr=False)
     latencies: list[float] = field(default_factory=list, repr=False)
 
@@ -338,12 +358,14 @@ def run_batch(
     if seconds <= 0:
         raise BenchError(f"{label}: non-positive duration {seconds}")
     latencies = [d - max(s, start) for d, s in zip(done, sent_at, strict=True)]
-    return Batch(label, len(ids), seconds, [m.get("result") for m in metas], latencies)
+    return Batch(label, len(ids), seconds, start, [m.get("result") for m in metas], latencies)
 
 
 def probe(app: Celery, name: str, kwargs_list: Sequence[dict[str, Any]]) -> list[float]:
     """Sequential round trips (send → result in the client) on an idle worker, in seconds."""
     times = []
+    # The client's first .get() sets up its result subscription; keep that out of the figures.
+    app.send_task(name, kwargs=kwargs_list[0]).get(timeout=30)
     for kwargs in kwargs_list:
         t0 = time.perf_counter()
         app.send_task(name, kwargs=kwargs).get(timeout=30)
@@ -495,22 +517,28 @@ def engine_durations(db: Engine, provider: str, trigger: str) -> list[float]:
         )
 
 
-def reset_for_sweep(db: Engine, provider: str) -> None:
-    """Forget the measured credentials' versions and make all of them due now."""
+def reset_rotations(db: Engine, provider: str, *, due: bool) -> None:
+    """Forget the measured credentials' versions and audit rows; make them due if asked."""
     from sqlalchemy import delete, select, update
 
-    from tokenfleet.models import Credential, SecretVersion
+    from tokenfleet.models import AuditEntry, Credential, SecretVersion
 
+    now = datetime.now(UTC)
     with db.begin() as conn:
         ids = select(Credential.id).where(_measured(provider)).scalar_subquery()
         conn.execute(delete(SecretVersion).where(SecretVersion.credential_id.in_(ids)))
+        conn.execute(
+            delete(AuditEntry).where(
+                AuditEntry.provider == provider, AuditEntry.tenant.startswith(TENANT)
+            )
+        )
         conn.execute(
             update(Credential)
             .where(_measured(provider))
             .values(
                 current_version=0,
                 expires_at=None,
-                next_due_at=datetime.now(UTC) - timedelta(seconds=1),
+                next_due_at=now - timedelta(seconds=1) if due else now + timedelta(days=365),
                 last_outcome=None,
                 last_attempt_at=None,
             )
@@ -567,37 +595,66 @@ def ms(values: Sequence[float], scale: float = 1000.0) -> str:
 
 
 @dataclass
-class Report:
+class Round:
     baseline: Batch
     direct: Batch
+
+    @property
+    def ratio(self) -> float:
+        return self.direct.rate / self.baseline.rate
+
+
+def _median_round(rounds: Sequence[Round]) -> Round:
+    """The round with the median ratio (the lower middle one for an even count)."""
+    ordered = sorted(rounds, key=lambda r: r.ratio)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+@dataclass
+class Report:
+    rounds: list[Round]
     sweep_seconds: float | None
     probe_baseline: list[float]
     probe_rotate: list[float]
     engine_ms: list[float]
     sweep_engine_ms: list[float]
 
+    @property
+    def median(self) -> Round:
+        return _median_round(self.rounds)
+
+    @property
+    def ratio(self) -> float:
+        return self.median.ratio
+
     def print(self, header: Mapping[str, str]) -> None:
-        n = self.direct.count
+        mid = self.median
+        n = mid.direct.count
+        many = len(self.rounds) > 1
         width = max(len(k) for k in header)
         print()
         for key, value in header.items():
             print(f"  {key:<{width}}  {value}")
         print()
-        rows: list[tuple[str, str, str, str]] = [
-            ("measurement", "tasks", "seconds", "per second"),
-            (
-                "baseline: raw Celery no-op",
-                str(self.baseline.count),
-                f"{self.baseline.seconds:.3f}",
-                f"{self.baseline.rate:.1f}",
-            ),
-            (
-                "rotations: tokenfleet.rotate",
-                str(n),
-                f"{self.direct.seconds:.3f}",
-                f"{self.direct.rate:.1f}",
-            ),
-        ]
+        rows: list[tuple[str, str, str, str]] = [("measurement", "tasks", "seconds", "per second")]
+        for index, rnd in enumerate(self.rounds, 1):
+            tag = f" (round {index})" if many else ""
+            rows.append(
+                (
+                    f"baseline: raw Celery no-op{tag}",
+                    str(rnd.baseline.count),
+                    f"{rnd.baseline.seconds:.3f}",
+                    f"{rnd.baseline.rate:.1f}",
+                )
+            )
+            rows.append(
+                (
+                    f"rotations: tokenfleet.rotate{tag}",
+                    str(rnd.direct.count),
+                    f"{rnd.direct.seconds:.3f}",
+                    f"{rnd.direct.rate:.1f}",
+                )
+            )
         if self.sweep_seconds is not None:
             rows.append(
                 (
@@ -616,28 +673,28 @@ class Report:
             if index == 0:
                 print("  " + "  ".join("-" * w for w in widths))
         print()
-        ratio = self.direct.rate / self.baseline.rate
-        verdict = "meets" if ratio >= GOAL else "BELOW"
-        print(f"  ratio rotate / baseline   {ratio:6.3f}   ({verdict} the {GOAL} goal)")
+        verdict = "meets" if self.ratio >= GOAL else "BELOW"
+        label = "median ratio rotate / baseline" if many else "ratio rotate / baseline"
+        print(f"  {label:<32}  {self.ratio:6.3f}   ({verdict} the {GOAL} goal)")
+        if many:
+            print("    per round: " + ", ".join(f"{r.ratio:.3f}" for r in self.rounds))
         if self.sweep_seconds is not None:
-            sweep_ratio = (n / self.sweep_seconds) / self.baseline.rate
-            print(f"  ratio sweep / baseline    {sweep_ratio:6.3f}")
+            sweep_ratio = (n / self.sweep_seconds) / mid.baseline.rate
+            where = "   (against the median round's baseline)" if many else ""
+            print(f"  {'ratio sweep / baseline':<32}  {sweep_ratio:6.3f}{where}")
         print()
-        print("  per task (sequential round trip, idle worker, client send → result):")
+        print("  per task (sequential round trip, idle worker, client send -> result):")
         print(f"    no-op                   {ms(self.probe_baseline)}")
         print(f"    rotate                  {ms(self.probe_rotate)}")
-        print("  engine time per rotation (audit duration_ms, inside the worker):")
+        # The engine stamps duration_ms before its promote transaction and the Redis publish.
+        print("  engine time per rotation up to promote (audit duration_ms, in the worker):")
         print(f"    direct batch            {ms(self.engine_ms, 1.0)}")
         if self.sweep_engine_ms:
             print(f"    sweep batch             {ms(self.sweep_engine_ms, 1.0)}")
         print("  queue wait + run in the timed batches (from consumer start):")
-        print(f"    no-op                   {ms(self.baseline.latencies)}")
-        print(f"    rotate                  {ms(self.direct.latencies)}")
+        print(f"    no-op                   {ms(mid.baseline.latencies)}")
+        print(f"    rotate                  {ms(mid.direct.latencies)}")
         print()
-
-    @property
-    def ratio(self) -> float:
-        return self.direct.rate / self.baseline.rate
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -662,11 +719,18 @@ def run(args: argparse.Namespace) -> int:
 
     with ExitStack() as stack:
         tmp = Path(tempfile.mkdtemp(prefix="tokenfleet-bench-"))
+        # Logs stay for a failed run (or with --keep); removed last, after the workers stop.
+        succeeded: list[bool] = []
+
+        def cleanup() -> None:
+            if succeeded and not args.keep:
+                _remove_tree(tmp)
+
+        stack.callback(cleanup)
         state = tmp / "state"
         state.mkdir()
 
         # -- database --------------------------------------------------------------
-        pg_name: str | None = None
         if args.sqlite:
             database_url = f"sqlite:///{tmp}/bench.db"
             backend = "sqlite"
@@ -674,11 +738,10 @@ def run(args: argparse.Namespace) -> int:
             database_url = args.database_url
             backend = database_url.split(":", 1)[0]
         else:
-            pg_name = PG_DB
-            database_url = create_postgres(PG_SERVER, pg_name)
+            database_url = create_postgres(PG_SERVER, PG_DB)
             backend = "postgresql"
             if not args.keep:
-                stack.callback(drop_postgres, PG_SERVER, pg_name)
+                stack.callback(drop_postgres, PG_SERVER, PG_DB)
 
         env = fleet_env(
             redis_url=args.redis_url, database_url=database_url, key=key, state_dir=state
@@ -745,63 +808,67 @@ def run(args: argparse.Namespace) -> int:
             "loglevel": args.loglevel,
         }
 
-        # -- baseline ------------------------------------------------------------------
-        print("baseline: starting the no-op worker …", flush=True)
-        with worker(
-            noop_app, "bench.noop_app", QUEUE, log=tmp / "noop-worker.log", **worker_kw
-        ) as noop:
-            warm_up(noop_app, TASK, [{}] * args.warmup)
-            baseline = run_batch("baseline", noop, QUEUE, TASK, [{}] * n, **run_kw)
-            print(f"baseline: {baseline.rate:.1f} no-op tasks/s", flush=True)
-            probe_baseline = probe(noop_app, TASK, [{}] * args.probe)
+        # -- both workers, warmed up --------------------------------------------------
+        print("starting the no-op and the tokenfleet workers …", flush=True)
+        noop = stack.enter_context(
+            worker(noop_app, "bench.noop_app", QUEUE, log=tmp / "noop-worker.log", **worker_kw)
+        )
+        fleet = stack.enter_context(
+            worker(fleet_app, args.fleet_app, "light", log=tmp / "fleet-worker.log", **worker_kw)
+        )
+        warm_up(noop_app, TASK, [{}] * args.warmup)
+        warm_up(
+            fleet_app, ROTATE, [{"provider": provider, "tenant": t} for t in warm[: args.warmup]]
+        )
 
-        # -- direct rotations ------------------------------------------------------------
-        print("rotations: starting the tokenfleet worker …", flush=True)
-        with worker(
-            fleet_app, "tasks", "light", log=tmp / "fleet-worker.log", **worker_kw
-        ) as fleet:
-            warm_up(
-                fleet_app,
-                ROTATE,
-                [{"provider": provider, "tenant": t} for t in warm[: args.warmup]],
-            )
-            direct = run_batch(
-                "rotate",
-                fleet,
-                "light",
-                ROTATE,
-                [{"provider": provider, "tenant": t, "trigger": "manual"} for t in tenants],
-                **run_kw,
-            )
+        # -- rounds: baseline, then rotations, measured the same way -------------------
+        rotate_kwargs = [{"provider": provider, "tenant": t, "trigger": "manual"} for t in tenants]
+        rounds: list[Round] = []
+        engine_ms: list[float] = []
+        for index in range(1, args.rounds + 1):
+            if index > 1:
+                reset_rotations(db, provider, due=False)
+            baseline = run_batch("baseline", noop, QUEUE, TASK, [{}] * n, **run_kw)
+            trace(args, f"baseline{index}", baseline.start, baseline.start + baseline.seconds)
+            direct = run_batch("rotate", fleet, "light", ROTATE, rotate_kwargs, **run_kw)
+            trace(args, f"rotate{index}", direct.start, direct.start + direct.seconds)
             bad = [r for r in direct.results if not _rotated(r)]
             if bad:
                 raise BenchError(f"{len(bad)} rotation(s) did not rotate, e.g. {bad[0]!r:.300}")
             verify_versions(db, provider, n, "manual")
-            print(f"rotations: {direct.rate:.1f} rotations/s, all {n} verified", flush=True)
-            probe_rotate = probe(
-                fleet_app, ROTATE, [{"provider": provider, "tenant": t} for t in warm[: args.probe]]
-            )
             engine_ms = engine_durations(db, provider, "manual")
+            rounds.append(Round(baseline, direct))
+            print(
+                f"round {index}: baseline {baseline.rate:.1f} no-op tasks/s, "
+                f"{direct.rate:.1f} rotations/s (all {n} verified), ratio {rounds[-1].ratio:.3f}",
+                flush=True,
+            )
 
-            # -- scheduled path: one sweep ---------------------------------------------
-            sweep_seconds: float | None = None
-            sweep_engine_ms: list[float] = []
-            if not args.no_sweep:
-                reset_for_sweep(db, provider)
-                start = time.time()
-                swept = fleet_app.send_task(SWEEP, kwargs={"provider": provider})
-                last = wait_promoted(db, provider, n, args.timeout)
-                sweep_seconds = last - start
-                summary = swept.get(timeout=30)
-                if not isinstance(summary, dict) or summary.get("claimed") != n:
-                    raise BenchError(f"sweep claimed {summary!r:.200}, expected {n}")
-                verify_versions(db, provider, n, "schedule")
-                sweep_engine_ms = engine_durations(db, provider, "schedule")
-                print(f"sweep: {n / sweep_seconds:.1f} rotations/s, all {n} verified", flush=True)
+        # -- scheduled path: one sweep ---------------------------------------------------
+        sweep_seconds: float | None = None
+        sweep_engine_ms: list[float] = []
+        if not args.no_sweep:
+            reset_rotations(db, provider, due=True)
+            start = time.time()
+            swept = fleet_app.send_task(SWEEP, kwargs={"provider": provider})
+            last = wait_promoted(db, provider, n, args.timeout)
+            sweep_seconds = last - start
+            summary = swept.get(timeout=30)
+            if not isinstance(summary, dict) or summary.get("claimed") != n:
+                raise BenchError(f"sweep claimed {summary!r:.200}, expected {n}")
+            verify_versions(db, provider, n, "schedule")
+            sweep_engine_ms = engine_durations(db, provider, "schedule")
+            print(f"sweep: {n / sweep_seconds:.1f} rotations/s, all {n} verified", flush=True)
+            trace(args, "sweep", start, last)
+
+        # -- per-task latency on idle workers ------------------------------------------------
+        probe_baseline = probe(noop_app, TASK, [{}] * args.probe)
+        probe_rotate = probe(
+            fleet_app, ROTATE, [{"provider": provider, "tenant": t} for t in warm[: args.probe]]
+        )
 
         report = Report(
-            baseline=baseline,
-            direct=direct,
+            rounds=rounds,
             sweep_seconds=sweep_seconds,
             probe_baseline=probe_baseline,
             probe_rotate=probe_rotate,
@@ -814,23 +881,30 @@ def run(args: argparse.Namespace) -> int:
                 "provider": args.provider,
                 "database": backend,
                 "workers": f"{args.concurrency} processes (prefork), log level {args.loglevel}",
-                "mode": args.mode,
+                "mode": f"{args.mode}, {args.rounds} round(s)",
+                "rotation app": f"celery -A {args.fleet_app}",
                 "machine": f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
                 f"Celery {celery.__version__}",
                 "load average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             }
         )
-        if not args.keep:
-            stack.callback(_remove_tree, tmp)
+        succeeded.append(True)
         if args.fail_below is not None and report.ratio < args.fail_below:
             return 1
         return 0
     return 0  # pragma: no cover - ExitStack does not swallow exceptions
 
 
+def trace(args: argparse.Namespace, label: str, start: float, end: float) -> None:
+    if args.trace:
+        print(f"trace: {label} {start:.3f} {end:.3f}", flush=True)
+
+
 def _rotated(result: Any) -> bool:
     return (
-        isinstance(result, dict) and result.get("status") == "rotated" and result.get("version") == 1
+        isinstance(result, dict)
+        and result.get("status") == "rotated"
+        and result.get("version") == 1
     )
 
 
