@@ -2,7 +2,7 @@
 
 ``make_engine`` applies the per-backend settings the store relies on: SQLite gets WAL,
 a busy timeout and ``BEGIN IMMEDIATE`` so concurrent writers queue instead of failing;
-Postgres gets pre-ping so a restarted server costs one retry, not an error.
+a Postgres connection found dead is retried once by the store (no pre-ping round trip).
 ``migrate`` runs Alembic to head, serialised across processes that start together.
 """
 
@@ -52,7 +52,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     if parsed.drivername in ("postgresql", "postgres"):
         url = str(parsed.set(drivername="postgresql+psycopg"))
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pre-ping (it costs a round trip per checkout); the store retries once on a dead
+    # connection instead. Recycling keeps connections younger than most idle timeouts.
+    kwargs.setdefault("pool_recycle", 1800)
     return create_engine(url, **kwargs)
 
 

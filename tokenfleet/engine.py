@@ -177,15 +177,16 @@ class Engine:
             _check_args(provider, tenant, stale_version, trigger)
             cls = self.registry.get(provider)
             self._refuse_sandbox_in_prod(tenant)
-            state = self.store.require(provider, tenant)
-            base = replace(base, version_before=state.current_version)
-            fresh = self._fresh(state, stale_version)
-            if fresh is not None:
-                return self._finish_plain(base, t0, fresh, state)
-            if not state.enabled and trigger in ("schedule", "expiry"):
-                outcome = Outcome("disabled", provider, tenant, state.current_version)
-                return self._finish_plain(base, t0, outcome, state)
-            self._check_circuit(state, trigger, started)
+            if stale_version is not None:
+                # The 401 fast path: most callers find the version already replaced and
+                # return without touching the lock. Otherwise the read under the lock is
+                # the only one, which keeps the rotation itself to few round trips.
+                state = self.store.require(provider, tenant)
+                base = replace(base, version_before=state.current_version)
+                fresh = self._fresh(state, stale_version)
+                if fresh is not None:
+                    return self._finish_plain(base, t0, fresh, state)
+                self._check_circuit(state, trigger, started)
             lock = self.hot.lock(provider, tenant, self.config.lock_ttls[cls.queue])
             blocking = trigger not in ("schedule", "expiry")
             try:
@@ -193,6 +194,8 @@ class Engine:
             except RedisError as exc:
                 raise StoreUnavailable(f"redis unavailable ({type(exc).__name__})") from None
             if not got:
+                state = state or self.store.require(provider, tenant)
+                base = replace(base, version_before=state.current_version)
                 if not blocking:
                     busy = Outcome("busy", provider, tenant, state.current_version)
                     return self._finish_plain(base, t0, busy, state)
@@ -201,12 +204,16 @@ class Engine:
                     f"waited {self.config.lock_wait:g}s"
                 )
             try:
-                # Re-read under the lock: the holder we waited for may have done our work.
+                # Read under the lock: a holder we waited for may have done our work.
                 state = self.store.require(provider, tenant)
                 base = replace(base, version_before=state.current_version)
                 fresh = self._fresh(state, stale_version)
                 if fresh is not None:
                     return self._finish_plain(base, t0, fresh, state)
+                if not state.enabled and trigger in ("schedule", "expiry"):
+                    outcome = Outcome("disabled", provider, tenant, state.current_version)
+                    return self._finish_plain(base, t0, outcome, state)
+                self._check_circuit(state, trigger, started)
                 return self._rotate_locked(cls, state, base, t0, started)
             finally:
                 try:

@@ -13,17 +13,127 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, delete, func, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    Table,
+    Update,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .crypto import Cipher
 from .errors import FencedOut, StoreUnavailable, UnknownCredential
-from .models import AuditEntry, Credential, SecretVersion
+from .models import AuditEntry, Credential, SecretVersion, UTCDateTime
 from .schedule import Schedule
 from .secret import Secret
+
+CREDENTIALS: Table = cast(Table, Credential.__table__)
+VERSIONS: Table = cast(Table, SecretVersion.__table__)
+AUDIT: Table = cast(Table, AuditEntry.__table__)
+
+# -- the rotation path's statements, prebuilt once (cache keys are computed once too) -----
+
+_CREDENTIAL = select(CREDENTIALS).where(
+    CREDENTIALS.c.provider == bindparam("p_provider"),
+    CREDENTIALS.c.tenant == bindparam("p_tenant"),
+)
+
+#: The next version number is the highest so far plus one, in the same statement.
+_ADD_PENDING = (
+    insert(VERSIONS)
+    .values(
+        credential_id=bindparam("p_cid"),
+        version=select(func.coalesce(func.max(VERSIONS.c.version), 0) + 1)
+        .where(VERSIONS.c.credential_id == bindparam("p_cid"))
+        .scalar_subquery(),
+        stage="pending",
+        payload_enc=bindparam("p_payload"),
+        fingerprint=bindparam("p_fingerprint"),
+        expires_at=bindparam("p_expires_at"),
+        created_at=bindparam("p_now"),
+    )
+    .returning(VERSIONS.c.version)
+)
+
+#: The fenced version bump: matches no row unless ``current_version`` is still the one seen.
+_FENCE = (
+    update(CREDENTIALS)
+    .where(
+        CREDENTIALS.c.id == bindparam("p_cid"),
+        CREDENTIALS.c.current_version == bindparam("p_seen"),
+    )
+    .values(
+        current_version=bindparam("p_version"),
+        expires_at=bindparam("p_expires_at"),
+        next_due_at=bindparam("p_next_due_at"),
+        circuit_open_until=None,
+        consecutive_failures=0,
+        last_outcome=bindparam("p_outcome"),
+        last_error=None,
+        last_attempt_at=bindparam("p_now"),
+        updated_at=bindparam("p_now"),
+    )
+)
+
+
+def _shuffle(which_credential: Any) -> Update:
+    """new → current, current → previous, previous → retired, in one statement."""
+    is_new = VERSIONS.c.version == bindparam("p_version")
+    now = bindparam("p_now", type_=UTCDateTime())
+    return (
+        update(VERSIONS)
+        .where(which_credential, or_(is_new, VERSIONS.c.stage.in_(("current", "previous"))))
+        .values(
+            stage=case(
+                (is_new, "current"),
+                (VERSIONS.c.stage == "current", "previous"),
+                else_="retired",
+            ),
+            promoted_at=case((is_new, now), else_=VERSIONS.c.promoted_at),
+        )
+    )
+
+
+_AUDIT_COLUMNS = [column for column in AUDIT.c if column.name != "id"]
+_AUDIT_FROM_PARAMS = insert(AUDIT).values(
+    {column.name: bindparam(f"a_{column.name}") for column in _AUDIT_COLUMNS}
+)
+
+
+def _pg_promote() -> Select[tuple[int]]:
+    fenced = _FENCE.returning(CREDENTIALS.c.id).cte("fenced")
+    shuffled = (
+        _shuffle(VERSIONS.c.credential_id.in_(select(fenced.c.id)))
+        .returning(VERSIONS.c.id)
+        .cte("shuffled")
+    )
+    audit_row = select(
+        *[sql_cast(bindparam(f"a_{c.name}", type_=c.type), c.type) for c in _AUDIT_COLUMNS]
+    ).select_from(fenced)
+    audited = (
+        insert(AUDIT)
+        .from_select([c.name for c in _AUDIT_COLUMNS], audit_row)
+        .returning(AUDIT.c.id)
+        .cte("audited")
+    )
+    # Data-modifying CTEs run to completion whether or not the main query reads them.
+    return select(func.count()).select_from(fenced).add_cte(shuffled, audited)
+
+
+_PG_PROMOTE = _pg_promote()
 
 
 @dataclass(frozen=True)
@@ -86,7 +196,7 @@ class Claim:
 _UNSET: Any = object()
 
 
-def _state(row: Credential) -> CredentialState:
+def _state(row: Any) -> CredentialState:
     return CredentialState(
         id=row.id,
         provider=row.provider,
@@ -113,29 +223,70 @@ class SqlStore:
         self.engine = engine
         self.cipher = cipher
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        # Single statements on the rotation path need no transaction on Postgres: one
+        # round trip, no BEGIN/COMMIT. SQLite keeps its (local, cheap) transactions.
+        self._autocommit = engine.dialect.name == "postgresql"
 
     def session(self) -> Session:
         return self._sessions()
 
     def _run(self, fn: Callable[[Session], Any]) -> Any:
-        try:
-            with self._sessions.begin() as session:
-                return fn(session)
-        except OperationalError as exc:
-            raise StoreUnavailable(f"database unavailable ({type(exc.orig).__name__})") from None
+        """Run ``fn`` in an ORM session transaction (the paths that are not hot)."""
+        return self._retry(lambda: self._in_session(fn))
+
+    def _in_session(self, fn: Callable[[Session], Any]) -> Any:
+        with self._sessions.begin() as session:
+            return fn(session)
+
+    def _write(self, fn: Callable[[Connection], Any]) -> Any:
+        """Run ``fn`` on a Core connection inside one transaction (the rotation path)."""
+
+        def attempt() -> Any:
+            with self.engine.begin() as conn:
+                return fn(conn)
+
+        return self._retry(attempt)
+
+    def _single(self, fn: Callable[[Connection], Any]) -> Any:
+        """Run ``fn``, which issues ONE statement: autocommit on Postgres (a statement is
+        atomic by itself, and BEGIN/COMMIT would cost two more round trips), a
+        transaction on SQLite."""
+
+        def attempt() -> Any:
+            if not self._autocommit:
+                with self.engine.begin() as conn:
+                    return fn(conn)
+            with self.engine.connect() as conn:
+                return fn(conn.execution_options(isolation_level="AUTOCOMMIT"))
+
+        return self._retry(attempt)
+
+    @staticmethod
+    def _retry(attempt: Callable[[], Any]) -> Any:
+        # No pool pre-ping (a round trip per checkout); instead, a connection found dead
+        # is invalidated by SQLAlchemy and the operation is tried once more on a new one.
+        for tries_left in (1, 0):
+            try:
+                return attempt()
+            except DBAPIError as exc:
+                if exc.connection_invalidated and tries_left:
+                    continue
+                if isinstance(exc, OperationalError) or exc.connection_invalidated:
+                    raise StoreUnavailable(
+                        f"database unavailable ({type(exc.orig).__name__})"
+                    ) from None
+                raise
+        raise AssertionError("unreachable")
 
     # -- credentials ---------------------------------------------------------------
 
     def get(self, provider: str, tenant: str) -> CredentialState | None:
-        def read(session: Session) -> CredentialState | None:
-            row = session.scalars(
-                select(Credential).where(
-                    Credential.provider == provider, Credential.tenant == tenant
-                )
-            ).one_or_none()
-            return _state(row) if row else None
+        def read(conn: Connection) -> CredentialState | None:
+            row = conn.execute(_CREDENTIAL, {"p_provider": provider, "p_tenant": tenant})
+            found = row.one_or_none()
+            return _state(found) if found else None
 
-        result: CredentialState | None = self._run(read)
+        result: CredentialState | None = self._single(read)
         return result
 
     def require(self, provider: str, tenant: str) -> CredentialState:
@@ -272,51 +423,41 @@ class SqlStore:
     # -- versions ------------------------------------------------------------------
 
     def add_pending(self, credential_id: int, secret: Secret, now: datetime) -> int:
-        """Store an acquired, not yet validated secret; return its new version number."""
+        """Store an acquired, not yet validated secret; return its new version number.
 
-        def write(session: Session) -> int:
-            highest = session.scalar(
-                select(func.coalesce(func.max(SecretVersion.version), 0)).where(
-                    SecretVersion.credential_id == credential_id
-                )
-            )
-            version = int(highest or 0) + 1
-            session.add(
-                SecretVersion(
-                    credential_id=credential_id,
-                    version=version,
-                    stage="pending",
-                    payload_enc=self.cipher.encrypt(secret.to_payload()),
-                    fingerprint=secret.fingerprint,
-                    expires_at=secret.expires_at,
-                    created_at=now,
-                )
-            )
-            return version
-
+        One statement: the number is the highest so far plus one, so versions only go up;
+        the unique (credential, version) constraint turns a race into FencedOut.
+        """
+        params = {
+            "p_cid": credential_id,
+            "p_payload": self.cipher.encrypt(secret.to_payload()),
+            "p_fingerprint": secret.fingerprint,
+            "p_expires_at": secret.expires_at,
+            "p_now": now,
+        }
         try:
-            result: int = self._run(write)
+            version: int = self._single(
+                lambda conn: conn.execute(_ADD_PENDING, params).scalar_one()
+            )
         except IntegrityError:
             raise FencedOut(
                 "another worker stored a version at the same time; this attempt is dropped"
             ) from None
-        return result
+        return version
 
     def discard(self, credential_id: int, version: int) -> None:
         """Mark a pending version as failed; it will never be served."""
-
-        def write(session: Session) -> None:
-            session.execute(
-                update(SecretVersion)
+        self._write(
+            lambda conn: conn.execute(
+                update(VERSIONS)
                 .where(
-                    SecretVersion.credential_id == credential_id,
-                    SecretVersion.version == version,
-                    SecretVersion.stage == "pending",
+                    VERSIONS.c.credential_id == credential_id,
+                    VERSIONS.c.version == version,
+                    VERSIONS.c.stage == "pending",
                 )
                 .values(stage="failed")
             )
-
-        self._run(write)
+        )
 
     def promote(
         self,
@@ -336,51 +477,39 @@ class SqlStore:
         :class:`FencedOut` (and changes nothing) when the fence does not hold.
         """
 
-        def write(session: Session) -> None:
-            fenced = session.execute(
-                update(Credential)
-                .where(
-                    Credential.id == credential_id,
-                    Credential.current_version == seen_version,
-                )
-                .values(
-                    current_version=version,
-                    expires_at=expires_at,
-                    next_due_at=next_due_at,
-                    circuit_open_until=None,
-                    consecutive_failures=0,
-                    last_outcome=attempt.outcome,
-                    last_error=None,
-                    last_attempt_at=now,
-                    updated_at=now,
-                )
-            )
-            if fenced.rowcount != 1:  # type: ignore[attr-defined]
+        params: dict[str, Any] = {
+            "p_cid": credential_id,
+            "p_seen": seen_version,
+            "p_version": version,
+            "p_now": now,
+            "p_expires_at": expires_at,
+            "p_next_due_at": next_due_at,
+            "p_outcome": attempt.outcome,
+            **{f"a_{key}": value for key, value in _audit_values(attempt).items()},
+        }
+        if self._autocommit:
+            # Postgres: fence, stage shuffle and audit row in one statement (data-modifying
+            # CTEs): atomic without BEGIN/COMMIT, one round trip instead of five.
+            promoted = self._single(lambda conn: conn.execute(_PG_PROMOTE, params).scalar_one())
+            if promoted != 1:
+                self.discard(credential_id, version)
                 raise FencedOut(
                     f"version {seen_version} is no longer current; "
                     f"version {version} was not promoted"
                 )
-            for old, new in (("previous", "retired"), ("current", "previous")):
-                session.execute(
-                    update(SecretVersion)
-                    .where(
-                        SecretVersion.credential_id == credential_id,
-                        SecretVersion.stage == old,
-                    )
-                    .values(stage=new)
+            return
+
+        def write(conn: Connection) -> None:
+            if conn.execute(_FENCE, params).rowcount != 1:
+                raise FencedOut(
+                    f"version {seen_version} is no longer current; "
+                    f"version {version} was not promoted"
                 )
-            session.execute(
-                update(SecretVersion)
-                .where(
-                    SecretVersion.credential_id == credential_id,
-                    SecretVersion.version == version,
-                )
-                .values(stage="current", promoted_at=now)
-            )
-            session.add(_audit_row(attempt))
+            conn.execute(_shuffle(VERSIONS.c.credential_id == bindparam("p_cid")), params)
+            conn.execute(_AUDIT_FROM_PARAMS, params)
 
         try:
-            self._run(write)
+            self._write(write)
         except FencedOut:
             self.discard(credential_id, version)
             raise
@@ -388,18 +517,18 @@ class SqlStore:
     def current(self, credential_id: int) -> tuple[int, Secret] | None:
         """The current version number and secret, decrypted, or None before the first."""
 
-        def read(session: Session) -> tuple[int, bytes] | None:
-            row = session.execute(
-                select(SecretVersion.version, SecretVersion.payload_enc)
-                .join(Credential, Credential.id == SecretVersion.credential_id)
+        def read(conn: Connection) -> tuple[int, bytes] | None:
+            row = conn.execute(
+                select(VERSIONS.c.version, VERSIONS.c.payload_enc)
+                .join(CREDENTIALS, CREDENTIALS.c.id == VERSIONS.c.credential_id)
                 .where(
-                    SecretVersion.credential_id == credential_id,
-                    SecretVersion.version == Credential.current_version,
+                    VERSIONS.c.credential_id == credential_id,
+                    VERSIONS.c.version == CREDENTIALS.c.current_version,
                 )
             ).one_or_none()
             return (row[0], row[1]) if row else None
 
-        found: tuple[int, bytes] | None = self._run(read)
+        found: tuple[int, bytes] | None = self._single(read)
         if found is None:
             return None
         return found[0], Secret.from_payload(self.cipher.decrypt(found[1]))
@@ -449,7 +578,7 @@ class SqlStore:
     ) -> None:
         """Write the audit row of an attempt that promoted nothing, with its bookkeeping."""
 
-        def write(session: Session) -> None:
+        def write(conn: Connection) -> None:
             if credential_id is not None:
                 values: dict[str, Any] = {
                     "last_outcome": attempt.outcome,
@@ -457,17 +586,17 @@ class SqlStore:
                     "last_attempt_at": attempt.started_at,
                 }
                 if failed:
-                    values["consecutive_failures"] = Credential.consecutive_failures + 1
+                    values["consecutive_failures"] = CREDENTIALS.c.consecutive_failures + 1
                 if next_due_at is not _UNSET:
                     values["next_due_at"] = next_due_at
                 if circuit_open_until is not _UNSET:
                     values["circuit_open_until"] = circuit_open_until
-                session.execute(
-                    update(Credential).where(Credential.id == credential_id).values(**values)
+                conn.execute(
+                    update(CREDENTIALS).where(CREDENTIALS.c.id == credential_id).values(**values)
                 )
-            session.add(_audit_row(attempt))
+            conn.execute(insert(AUDIT).values(**_audit_values(attempt)))
 
-        self._run(write)
+        self._write(write)
 
     def audit_log(
         self,
@@ -561,24 +690,24 @@ class SqlStore:
         return result
 
 
-def _audit_row(attempt: Attempt) -> AuditEntry:
+def _audit_values(attempt: Attempt) -> dict[str, Any]:
     message = attempt.error_message
     if message is not None and len(message) > 2000:
         message = message[:2000] + "…"
-    return AuditEntry(
-        started_at=attempt.started_at,
-        provider=attempt.provider[:64],
-        tenant=attempt.tenant[:200],
-        action=attempt.action,
-        trigger=attempt.trigger,
-        outcome=attempt.outcome,
-        error_class=attempt.error_class,
-        error_message=message,
-        detail=attempt.detail[:200] if attempt.detail else None,
-        duration_ms=attempt.duration_ms,
-        version_before=attempt.version_before,
-        version_after=attempt.version_after,
-        fingerprint=attempt.fingerprint,
-        attempt=attempt.attempt,
-        task_id=attempt.task_id,
-    )
+    return {
+        "started_at": attempt.started_at,
+        "provider": attempt.provider[:64],
+        "tenant": attempt.tenant[:200],
+        "action": attempt.action,
+        "trigger": attempt.trigger,
+        "outcome": attempt.outcome,
+        "error_class": attempt.error_class,
+        "error_message": message,
+        "detail": attempt.detail[:200] if attempt.detail else None,
+        "duration_ms": attempt.duration_ms,
+        "version_before": attempt.version_before,
+        "version_after": attempt.version_after,
+        "fingerprint": attempt.fingerprint,
+        "attempt": attempt.attempt,
+        "task_id": attempt.task_id,
+    }
