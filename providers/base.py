@@ -12,6 +12,7 @@ Errors are re-exported here so a provider module needs a single import.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import requests
@@ -48,6 +49,7 @@ __all__ = [
     "RetryLater",
     "Schedule",
     "Secret",
+    "TokenPlacement",
     "ValidationFailed",
 ]
 
@@ -70,6 +72,18 @@ class ProviderConfig(BaseModel):
 ConfigT = TypeVar("ConfigT", bound=ProviderConfig)
 
 
+@dataclass(frozen=True)
+class TokenPlacement:
+    """Where applications put this provider's token: ``header: scheme value``.
+
+    ``header=None`` means the token does not travel in a header (Webkassa puts it in the
+    JSON body), so auth adapters attach only the User-Agent and cookies it is bound to.
+    """
+
+    header: str | None = "Authorization"
+    scheme: str | None = "Bearer"
+
+
 class Provider(ABC, Generic[ConfigT]):
     """One external service: how to acquire, validate and optionally revoke its secrets."""
 
@@ -83,6 +97,8 @@ class Provider(ABC, Generic[ConfigT]):
     config_model: ClassVar[type[ProviderConfig]]
     #: Config fields that hold secrets (for display and validation messages).
     secret_fields: ClassVar[tuple[str, ...]] = ()
+    #: How applications attach the token (used by the requests/httpx auth adapters).
+    placement: ClassVar[TokenPlacement] = TokenPlacement()
 
     def __init__(
         self,

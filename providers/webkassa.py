@@ -65,6 +65,7 @@ from .base import (
     Queue,
     Schedule,
     Secret,
+    TokenPlacement,
     ValidationFailed,
 )
 from .http import json_body, send
@@ -228,6 +229,8 @@ class WebkassaProvider(Provider[WebkassaConfig]):
     name: ClassVar[str] = "webkassa"
     queue: ClassVar[Queue] = "light"
     default_schedule: ClassVar[Schedule] = Schedule(cron="0 5 * * *", jitter=timedelta(minutes=30))
+    #: Webkassa takes the token in the JSON body ("Token"), not in a header.
+    placement: ClassVar[TokenPlacement] = TokenPlacement(header=None)
     config_model: ClassVar[type[ProviderConfig]] = WebkassaConfig
     secret_fields: ClassVar[tuple[str, ...]] = ("password", "api_key")
 
