@@ -13,7 +13,6 @@ then replays the request exactly once; a second 401 is returned to the caller as
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator, Generator, MutableMapping
 from typing import Any
 
@@ -145,9 +144,8 @@ if httpx is not None:
             response = yield request
             if response.status_code == 401:
                 await response.aread()
-                # Waiting for a promotion blocks; keep it off the event loop.
-                newer = await asyncio.to_thread(
-                    self.client.rotate, self.provider, self.tenant, token.version, self.wait
+                newer = await self.client.arotate(
+                    self.provider, self.tenant, stale_version=token.version, wait=self.wait
                 )
                 apply_token(request.headers, newer, self.placement)
                 yield request

@@ -25,6 +25,8 @@ fleet cannot deliver within ``wait``, the caller gets :class:`RotationFailed` or
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -119,6 +121,7 @@ class _Waiters:
         self._lock = threading.Lock()
         self._latest: dict[Key, int] = {}
         self._cond = threading.Condition(self._lock)
+        self._async: dict[Key, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
 
     def seen(self, key: Key) -> int:
         with self._lock:
@@ -129,6 +132,20 @@ class _Waiters:
             if version > self._latest.get(key, -1):
                 self._latest[key] = version
             self._cond.notify_all()
+            waiting = list(self._async.get(key, ()))
+        for loop, event in waiting:
+            loop.call_soon_threadsafe(event.set)
+
+    def register(self, key: Key, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+        """An event set (on ``loop``) at the next promotion of ``key``; see ``unregister``."""
+        event = asyncio.Event()
+        with self._lock:
+            self._async.setdefault(key, set()).add((loop, event))
+        return event
+
+    def unregister(self, key: Key, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
+        with self._lock:
+            self._async.get(key, set()).discard((loop, event))
 
     def wait(self, key: Key, above: int, timeout: float) -> bool:
         """Block until a promotion of ``key`` above ``above`` is seen, or ``timeout``."""
@@ -340,6 +357,46 @@ class TokenClient:
                     last_token=last,
                 )
             self._waiters.wait(key, stale_version, min(left, self.recheck))
+            last = self._current_or_none(key) or last
+
+    async def arotate(
+        self,
+        provider: str,
+        tenant: str = "default",
+        stale_version: int | None = None,
+        wait: float = 60.0,
+    ) -> Token:
+        """:meth:`rotate` for asyncio: the same guarantees, waiting without a thread."""
+        key = (provider, tenant)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        self._ensure_listener()
+        last = self._current_or_none(key)
+        if stale_version is None:
+            stale_version = last.version if last is not None else 0
+        task_id: str | None = None
+        while True:
+            if last is not None and last.version > stale_version:
+                return last
+            # Registered before the request is sent, so its promotion cannot slip by.
+            event = self._waiters.register(key, loop)
+            try:
+                if task_id is None:
+                    task_id = self._request(provider, tenant, stale_version, wait)
+                else:
+                    self._raise_if_failed(task_id, key, last)
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise FleetTimeout(
+                        f"{provider}/{tenant}: no version newer than {stale_version} within "
+                        f"{wait:g}s (is a worker running?)",
+                        last_token=last,
+                    )
+                if self._waiters.seen(key) <= stale_version:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(event.wait(), min(left, self.recheck))
+            finally:
+                self._waiters.unregister(key, loop, event)
             last = self._current_or_none(key) or last
 
     def _current_or_none(self, key: Key) -> Token | None:

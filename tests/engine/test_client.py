@@ -237,3 +237,40 @@ def test_environment_variable_is_the_last_fallback(rt: Runtime) -> None:
             client.get("other")
     finally:
         client.close()
+
+
+def test_many_asyncio_tasks_with_the_same_401_send_one_request(
+    rt: Runtime, stub_credential: StubControl, client: TokenClient, worker: InlineWorker
+) -> None:
+    import asyncio
+
+    rt.engine.rotate("stub")
+    stub_credential.script("sleep:0.3")
+
+    async def main() -> list[int]:
+        calls = [client.arotate("stub", stale_version=1, wait=10) for _ in range(200)]
+        return [token.version for token in await asyncio.gather(*calls)]
+
+    assert asyncio.run(main()) == [2] * 200
+    assert len(worker.sent) == 1
+
+
+def test_async_waiters_survive_lost_messages_and_time_out_clearly(
+    rt: Runtime, stub_credential: StubControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    rt.engine.rotate("stub")
+    worker = InlineWorker(rt)
+    client = make_client(rt, worker, recheck=0.2)
+    silent = make_client(rt, None, recheck=0.2)
+    silent._send_task = lambda *a, **k: None  # a queue nobody consumes
+    try:
+        client.get("stub")
+        monkeypatch.setattr(client, "_on_promotion", lambda promotion: None)
+        assert asyncio.run(client.arotate("stub", stale_version=1, wait=10)).version == 2
+        with pytest.raises(FleetTimeout):
+            asyncio.run(silent.arotate("stub", stale_version=2, wait=1))
+    finally:
+        client.close()
+        silent.close()
