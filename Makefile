@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench lint clean
+.PHONY: install run test test-fast bench bench-client lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test-fast: $(STAMP)
 ## bench: rotations per second vs a raw Celery no-op, same run.
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
+
+## bench-client: the 401 path (overhead, stampede, reads) against its baselines.
+bench-client: $(STAMP)
+	$(BIN)/python bench/client.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any
 from uuid import uuid4
 
 import redis
@@ -113,50 +113,81 @@ class Token:
 
 Key = tuple[str, str]
 
+#: One round trip decides who sends the request for a stale version. Returns the task id
+#: already requested for it, nil while the credential cools down, or "" when the caller
+#: won and must send (its task id is stored, and the cooldown starts).
+_CLAIM_REQUEST = """
+local existing = redis.call('GET', KEYS[1])
+if existing then return existing end
+if tonumber(ARGV[3]) > 0 then
+  if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[3]) then return nil end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return ''
+"""
+
 
 class _Waiters:
-    """Per-credential conditions that promotion messages notify."""
+    """Per-credential wake-ups that promotion messages trigger, for threads and asyncio.
+
+    Threads wait on one condition; asyncio callers share one event per (credential, loop),
+    so a promotion costs one ``call_soon_threadsafe`` per event loop, not per caller.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._latest: dict[Key, int] = {}
         self._cond = threading.Condition(self._lock)
-        self._async: dict[Key, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        self._latest: dict[Key, int] = {}
+        self._blocked: dict[Key, int] = {}
+        self._events: dict[Key, dict[asyncio.AbstractEventLoop, asyncio.Event]] = {}
 
     def seen(self, key: Key) -> int:
         with self._lock:
             return self._latest.get(key, -1)
+
+    def waiting(self, key: Key) -> bool:
+        with self._lock:
+            return bool(self._blocked.get(key) or self._events.get(key))
 
     def notify(self, key: Key, version: int) -> None:
         with self._cond:
             if version > self._latest.get(key, -1):
                 self._latest[key] = version
             self._cond.notify_all()
-            waiting = list(self._async.get(key, ()))
-        for loop, event in waiting:
+            events = self._events.pop(key, {})
+        for loop, event in events.items():
             loop.call_soon_threadsafe(event.set)
 
-    def register(self, key: Key, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
-        """An event set (on ``loop``) at the next promotion of ``key``; see ``unregister``."""
-        event = asyncio.Event()
+    def event(self, key: Key, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+        """The event set (on ``loop``) at the next promotion of ``key``."""
         with self._lock:
-            self._async.setdefault(key, set()).add((loop, event))
-        return event
-
-    def unregister(self, key: Key, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
-        with self._lock:
-            self._async.get(key, set()).discard((loop, event))
+            per_loop = self._events.setdefault(key, {})
+            if loop not in per_loop:
+                per_loop[loop] = asyncio.Event()
+            return per_loop[loop]
 
     def wait(self, key: Key, above: int, timeout: float) -> bool:
         """Block until a promotion of ``key`` above ``above`` is seen, or ``timeout``."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._latest.get(key, -1) <= above:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            return True
+            self._blocked[key] = self._blocked.get(key, 0) + 1
+            try:
+                while self._latest.get(key, -1) <= above:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._cond.wait(left)
+                return True
+            finally:
+                self._blocked[key] -= 1
+
+
+@dataclass
+class _Flight:
+    """One process's request for a rotation past one stale version."""
+
+    task_id: str | None = None
+    started: float = field(default_factory=time.monotonic)
 
 
 class _Listener(threading.Thread):
@@ -225,6 +256,9 @@ class TokenClient:
         self._listener: _Listener | None = None
         self._listener_lock = threading.Lock()
         self._fallbacks_logged: set[tuple[str, Key]] = set()
+        self._claim_request = redis_client.register_script(_CLAIM_REQUEST)
+        self._flights: dict[tuple[Key, int], _Flight] = {}
+        self._flights_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Any = None, **kwargs: Any) -> TokenClient:
@@ -317,6 +351,15 @@ class TokenClient:
     def _on_promotion(self, promotion: Promotion) -> None:
         key = (promotion.provider, promotion.tenant)
         self._memory.pop(key, None)
+        if self._waiters.waiting(key):
+            # Fetch the new token once here, so a thousand woken waiters read memory
+            # instead of making a thousand Redis round trips and decryptions.
+            try:
+                token = self._read(key, use_env=False)
+            except TokenfleetError:
+                token = None
+            if token is not None and token.version >= promotion.version:
+                self._memory[key] = replace(token, source="memory")
         self._waiters.notify(key, promotion.version)
 
     # -- rotating --------------------------------------------------------------------
@@ -338,26 +381,18 @@ class TokenClient:
         key = (provider, tenant)
         deadline = time.monotonic() + wait
         self._ensure_listener()  # subscribed before anything is sent: no missed wake-up
-        last = self._current_or_none(key)
-        if stale_version is None:
-            stale_version = last.version if last is not None else 0
-        task_id: str | None = None
-        while True:
-            if last is not None and last.version > stale_version:
-                return last
-            if task_id is None:
-                task_id = self._request(provider, tenant, stale_version, wait)
-            else:
-                self._raise_if_failed(task_id, key, last)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise FleetTimeout(
-                    f"{provider}/{tenant}: no version newer than {stale_version} within "
-                    f"{wait:g}s (is a worker running?)",
-                    last_token=last,
-                )
-            self._waiters.wait(key, stale_version, min(left, self.recheck))
-            last = self._current_or_none(key) or last
+        flight, lead, last, stale = self._board(key, stale_version, wait)
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                done = self._step(key, flight, lead, last, stale, left, wait)
+                if done is not None:
+                    return done
+                self._waiters.wait(key, stale, min(left, self.recheck))
+                last = self._newest(key, stale) or last
+        finally:
+            if lead:
+                self._land(key, stale, flight)
 
     async def arotate(
         self,
@@ -371,33 +406,84 @@ class TokenClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         self._ensure_listener()
-        last = self._current_or_none(key)
-        if stale_version is None:
-            stale_version = last.version if last is not None else 0
-        task_id: str | None = None
-        while True:
-            if last is not None and last.version > stale_version:
-                return last
-            # Registered before the request is sent, so its promotion cannot slip by.
-            event = self._waiters.register(key, loop)
-            try:
-                if task_id is None:
-                    task_id = self._request(provider, tenant, stale_version, wait)
-                else:
-                    self._raise_if_failed(task_id, key, last)
+        flight, lead, last, stale = self._board(key, stale_version, wait)
+        try:
+            while True:
+                # Taken before the request is sent, so its promotion cannot slip by.
+                event = self._waiters.event(key, loop)
                 left = deadline - loop.time()
-                if left <= 0:
-                    raise FleetTimeout(
-                        f"{provider}/{tenant}: no version newer than {stale_version} within "
-                        f"{wait:g}s (is a worker running?)",
-                        last_token=last,
-                    )
-                if self._waiters.seen(key) <= stale_version:
+                done = self._step(key, flight, lead, last, stale, left, wait)
+                if done is not None:
+                    return done
+                if self._waiters.seen(key) <= stale:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(event.wait(), min(left, self.recheck))
-            finally:
-                self._waiters.unregister(key, loop, event)
-            last = self._current_or_none(key) or last
+                last = self._newest(key, stale) or last
+        finally:
+            if lead:
+                self._land(key, stale, flight)
+
+    def _board(
+        self, key: Key, stale_version: int | None, wait: float
+    ) -> tuple[_Flight, bool, Token | None, int]:
+        """Join this process's request for (credential, stale version), or lead a new one.
+
+        Only the leader reads Redis and asks the fleet; followers go straight to waiting,
+        so a thousand callers in one process cost one read and one request.
+        """
+        if stale_version is None:
+            current = self._current_or_none(key)
+            stale_version = current.version if current is not None else 0
+        with self._flights_lock:
+            flight = self._flights.get((key, stale_version))
+            lead = flight is None or time.monotonic() - flight.started > wait
+            if lead:
+                flight = self._flights[(key, stale_version)] = _Flight()
+        assert flight is not None
+        # Followers use the in-memory copy (a running app has one) for last_token.
+        last = None if lead else self._memory.get(key)
+        if last is None:
+            last = self._current_or_none(key)
+        return flight, lead, last, stale_version
+
+    def _land(self, key: Key, stale: int, flight: _Flight) -> None:
+        # Followers keep their reference; a caller arriving later leads a fresh flight,
+        # whose first read finds the new version.
+        with self._flights_lock:
+            if self._flights.get((key, stale)) is flight:
+                del self._flights[(key, stale)]
+
+    def _step(
+        self,
+        key: Key,
+        flight: _Flight,
+        lead: bool,
+        last: Token | None,
+        stale: int,
+        left: float,
+        wait: float,
+    ) -> Token | None:
+        """One turn of a waiter: done, ask (leader), check for failure, or time out."""
+        if last is not None and last.version > stale:
+            return last
+        if flight.task_id is None and lead:
+            flight.task_id = self._request(key[0], key[1], stale, wait)
+        elif flight.task_id:
+            self._raise_if_failed(flight.task_id, key, last)
+        if left <= 0:
+            raise FleetTimeout(
+                f"{key[0]}/{key[1]}: no version newer than {stale} within "
+                f"{wait:g}s (is a worker running?)",
+                last_token=last,
+            )
+        return None
+
+    def _newest(self, key: Key, stale_version: int) -> Token | None:
+        """After a wake-up: the copy the listener fetched, else a fresh read (lost message)."""
+        cached = self._memory.get(key)
+        if cached is not None and cached.version > stale_version:
+            return cached
+        return self._current_or_none(key)
 
     def _current_or_none(self, key: Key) -> Token | None:
         self._memory.pop(key, None)
@@ -419,19 +505,19 @@ class TokenClient:
         cooldown_key = f"{self.prefix}:cooldown:{provider}:{tenant}"
         task_id = str(uuid4())
         try:
-            existing = cast(bytes | None, self.redis.get(request_key))
-            if existing:
-                return existing.decode()
-            if not self.redis.set(cooldown_key, task_id, nx=True, px=int(self.cooldown * 1000)):
-                return None
-            if not self.redis.set(request_key, task_id, nx=True, ex=int(wait) + 60):
-                existing = cast(bytes | None, self.redis.get(request_key))
-                return existing.decode() if existing else None
+            answer = self._claim_request(
+                keys=[request_key, cooldown_key],
+                args=[task_id, int(wait) + 60, int(self.cooldown * 1000)],
+            )
         except redis.RedisError as exc:
             raise FleetTimeout(
                 f"{provider}/{tenant}: cannot request a rotation, Redis unavailable "
                 f"({type(exc).__name__})"
             ) from None
+        if answer is None:
+            return None  # cooling down: nobody sends now; ask again after the recheck
+        if answer != b"" and answer != "":
+            return answer.decode() if isinstance(answer, bytes) else str(answer)
         self._send_task(
             "tokenfleet.rotate",
             kwargs={
