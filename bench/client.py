@@ -80,15 +80,17 @@ def spawn_probes(
     return procs
 
 
-def collect(procs: list[subprocess.Popen[str]]) -> tuple[list[Any], list[float]]:
+def collect(procs: list[subprocess.Popen[str]]) -> tuple[list[Any], list[float], list[float]]:
     versions: list[Any] = []
     woke: list[float] = []
+    entered: list[float] = []
     for proc in procs:
         out, _ = proc.communicate(timeout=120)
         data = json.loads(out.strip().splitlines()[-1])
         versions += data["versions"]
         woke += data["woke"]
-    return versions, woke
+        entered += data.get("entered", [])
+    return versions, woke, entered
 
 
 def stampede(mode: str, args: argparse.Namespace, env: dict[str, str], rt: Any) -> dict[str, Any]:
@@ -102,7 +104,7 @@ def stampede(mode: str, args: argparse.Namespace, env: dict[str, str], rt: Any) 
     time.sleep(0.2)
     sent = time.time()
     client.publish(channel, "go")
-    _, raw_woke = collect(procs)
+    _, raw_woke, _ = collect(procs)
     raw = [w - sent for w in raw_woke]
 
     tenant = f"stampede-{mode}"
@@ -112,20 +114,25 @@ def stampede(mode: str, args: argparse.Namespace, env: dict[str, str], rt: Any) 
         assert proc.stdin is not None
         proc.stdin.write("go\n")
         proc.stdin.flush()
-    versions, woke = collect(procs)
+    versions, woke, entered = collect(procs)
     state = rt.store.require("bench", tenant)
     promoted = next(v.promoted_at for v in rt.store.versions(state.id) if v.version == 2)
     calls = [
         r for r in rt.store.audit_log(provider="bench", tenant=tenant, limit=1000)
         if r.outcome == "rotated"
     ]  # fmt: skip
-    wake = [w - promoted.timestamp() for w in woke]
+    # A caller waiting at the promotion is measured from the promotion; one that only got
+    # into rotate() after it (thread start-up on a busy machine) from its own call.
+    at = promoted.timestamp()
+    wake = [w - max(at, e) for w, e in zip(woke, entered, strict=True)]
+    late = sum(1 for e in entered if e > at)
     return {
         "mode": mode,
         "callers": len(versions),
         "all_new": versions == [2] * len(versions),
         "provider_calls": len(calls) - 1,
         "wake": wake,
+        "late": late,
         "raw": raw,
     }
 
@@ -201,8 +208,9 @@ def main() -> int:
         print("1. overhead: 401 seen -> new token in hand (zero-latency provider)")
         print(f"   raw Celery no-op round trip    {ms(raw)}")
         print(f"   client.rotate(stale_version)   {ms(times)}")
-        ok = ratio <= 2 and pct(times, 99) < 0.050
-        print(f"   p50 ratio {ratio:.2f} (goal <= 2), p99 < 50 ms: {'met' if ok else 'NOT met'}\n")
+        p50_ok, p99_ok = ratio <= 2, pct(times, 99) < 0.050
+        print(f"   p50 ratio {ratio:.2f} (goal <= 2): {'met' if p50_ok else 'NOT met'}; "
+              f"p99 under 50 ms: {'met' if p99_ok else 'NOT met'}\n")  # fmt: skip
 
         # 2. stampede -----------------------------------------------------------------
         print(f"2. stampede: {args.callers} concurrent 401s in {args.processes} processes")
@@ -213,7 +221,8 @@ def main() -> int:
             print(f"   {mode}: provider calls {r['provider_calls']}, "
                   f"{r['callers']} callers all got the new version: {r['all_new']}")  # fmt: skip
             print(f"     raw pub/sub fan-out      {ms(r['raw'])}")
-            print(f"     wake-up after promotion  {ms(r['wake'])}")
+            late = f"({r['late']} callers arrived later)"
+            print(f"     wake-up after promotion  {ms(r['wake'])}  {late}")
             print(f"     p99 ratio {wake_ratio:.2f} (goal <= 2): {'met' if met else 'NOT met'}")
         print()
 

@@ -5,7 +5,8 @@
 
 MODE is ``threads`` or ``asyncio``. The process prints ``ready`` once every waiter is in
 place, waits for ``go`` on stdin (fleet) or for the message (raw), then prints one JSON
-line: ``{"versions": [...], "woke": [unix time, ...]}``.
+line: ``{"versions": [...], "woke": [unix time, ...], "entered": [...]}`` (fleet mode
+records when each caller entered ``rotate``).
 """
 
 from __future__ import annotations
@@ -75,10 +76,13 @@ def raw(mode: str, count: int, channel: str) -> dict[str, Any]:
 
 def fleet(mode: str, count: int, tenant: str, stale: int) -> dict[str, Any]:
     """COUNT callers that all saw a 401 for version STALE, in threads or asyncio tasks."""
-    client = TokenClient.from_settings(cooldown=0)
+    client = TokenClient.from_settings(
+        cooldown=0, recheck=float(os.environ.get("BENCH_RECHECK", "0.5"))
+    )
     client.get("bench", tenant)  # a running app: listener subscribed, copy in memory
     versions: list[Any] = []
     woke: list[float] = []
+    entered: list[float] = []
     # Every caller is parked before "go", as the raw baseline's waiters are: thread or task
     # start-up is not part of the wake-up.
     if mode == "threads":
@@ -86,8 +90,10 @@ def fleet(mode: str, count: int, tenant: str, stale: int) -> dict[str, Any]:
 
         def caller() -> None:
             go.wait()
+            called = time.time()
             token = client.rotate("bench", tenant, stale_version=stale, wait=60)
             woke.append(time.time())
+            entered.append(called)
             versions.append(token.version)
 
         pool = [threading.Thread(target=caller) for _ in range(count)]
@@ -106,8 +112,10 @@ def fleet(mode: str, count: int, tenant: str, stale: int) -> dict[str, Any]:
 
             async def caller() -> None:
                 await go.wait()
+                called = time.time()
                 token = await client.arotate("bench", tenant, stale_version=stale, wait=60)
                 woke.append(time.time())
+                entered.append(called)
                 versions.append(token.version)
 
             tasks = [asyncio.create_task(caller()) for _ in range(count)]
@@ -119,7 +127,7 @@ def fleet(mode: str, count: int, tenant: str, stale: int) -> dict[str, Any]:
 
         asyncio.run(main())
     client.close()
-    return {"versions": versions, "woke": woke}
+    return {"versions": versions, "woke": woke, "entered": entered}
 
 
 if __name__ == "__main__":

@@ -486,7 +486,7 @@ class TokenClient:
         return self._current_or_none(key)
 
     def _current_or_none(self, key: Key) -> Token | None:
-        self._memory.pop(key, None)
+        """A fresh read past the in-process copy (which only the listener invalidates)."""
         try:
             return self._read(key, use_env=False)
         except TokenfleetError:
