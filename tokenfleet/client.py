@@ -440,8 +440,10 @@ class TokenClient:
             if lead:
                 flight = self._flights[(key, stale_version)] = _Flight()
         assert flight is not None
-        # Followers use the in-memory copy (a running app has one) for last_token.
-        last = None if lead else self._memory.get(key)
+        # The in-process copy is exact while the listener is subscribed (a promotion drops
+        # it), so a running app pays no read here; a copy one message behind at worst
+        # sends a request the worker answers "fresh", and that message then wakes us.
+        last = self._memory.get(key)
         if last is None:
             last = self._current_or_none(key)
         return flight, lead, last, stale_version

@@ -177,20 +177,22 @@ class Engine:
             _check_args(provider, tenant, stale_version, trigger)
             cls = self.registry.get(provider)
             self._refuse_sandbox_in_prod(tenant)
-            if stale_version is not None:
-                # The 401 fast path: most callers find the version already replaced and
-                # return without touching the lock. Otherwise the read under the lock is
-                # the only one, which keeps the rotation itself to few round trips.
-                state = self.store.require(provider, tenant)
-                base = replace(base, version_before=state.current_version)
-                fresh = self._fresh(state, stale_version)
-                if fresh is not None:
-                    return self._finish_plain(base, t0, fresh, state)
-                self._check_circuit(state, trigger, started)
             lock = self.hot.lock(provider, tenant, self.config.lock_ttls[cls.queue])
             blocking = trigger not in ("schedule", "expiry")
             try:
-                got = lock.acquire(blocking=blocking, blocking_timeout=self.config.lock_wait)
+                # Uncontended (the usual case): the read under the lock is the only one.
+                got = lock.acquire(blocking=False)
+                if not got and stale_version is not None:
+                    # Someone is rotating: the 401 fast path returns without waiting when
+                    # the version this caller saw has already been replaced.
+                    state = self.store.require(provider, tenant)
+                    base = replace(base, version_before=state.current_version)
+                    fresh = self._fresh(state, stale_version)
+                    if fresh is not None:
+                        return self._finish_plain(base, t0, fresh, state)
+                    self._check_circuit(state, trigger, started)
+                if not got and blocking:
+                    got = lock.acquire(blocking=True, blocking_timeout=self.config.lock_wait)
             except RedisError as exc:
                 raise StoreUnavailable(f"redis unavailable ({type(exc).__name__})") from None
             if not got:
