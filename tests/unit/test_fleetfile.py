@@ -70,3 +70,9 @@ def test_a_missing_file_declares_nothing_and_bad_toml_names_the_file(tmp_path: P
     with pytest.raises(InvalidConfig, match="not valid TOML") as info:
         load_file(bad, BUILTIN)
     assert str(bad) in info.value.message
+
+
+def test_the_shipped_example_fleet_file_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "fleet.example.toml"
+    specs = load_file(example, BUILTIN, {"WEBKASSA_PASSWORD": "x"})
+    assert [(s.provider, s.tenant) for s in specs] == [("webkassa", "default")]
