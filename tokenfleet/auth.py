@@ -50,8 +50,8 @@ def apply_token(headers: MutableMapping[str, str], token: Token, placement: Toke
         headers["Cookie"] = "; ".join([*theirs, ours]) if theirs else ours
 
 
-class TokenAuth(AuthBase):
-    """``requests`` auth: token (and its User-Agent/cookies) on every request; one replay."""
+class _Adapter:
+    """What both adapters hold: the client, the credential, and where the token goes."""
 
     def __init__(
         self,
@@ -68,6 +68,10 @@ class TokenAuth(AuthBase):
         self.tenant = tenant
         self.wait = wait
         self.placement = placement or placement_for(provider, registry or _builtin())
+
+
+class TokenAuth(_Adapter, AuthBase):
+    """``requests`` auth: token (and its User-Agent/cookies) on every request; one replay."""
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         token = self.client.get(self.provider, self.tenant)
@@ -102,24 +106,8 @@ except ImportError:  # pragma: no cover - httpx is optional
 
 if httpx is not None:
 
-    class HttpxTokenAuth(httpx.Auth):
+    class HttpxTokenAuth(_Adapter, httpx.Auth):
         """``httpx`` auth, sync and async alike: token on every request; one replay."""
-
-        def __init__(
-            self,
-            client: TokenClient,
-            provider: str,
-            tenant: str = "default",
-            *,
-            wait: float = 60.0,
-            placement: TokenPlacement | None = None,
-            registry: Registry | None = None,
-        ) -> None:
-            self.client = client
-            self.provider = provider
-            self.tenant = tenant
-            self.wait = wait
-            self.placement = placement or placement_for(provider, registry or _builtin())
 
         def sync_auth_flow(
             self, request: httpx.Request

@@ -6,14 +6,13 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from tests.conftest import REDIS_URL
-from tests.processes import REPO, fleet_env_for, purge_queues, worker
+from tests.processes import REPO, purge_queues
 from tests.stubs import StubControl
 from tokenfleet.client import TokenClient
 from tokenfleet.errors import FleetTimeout
@@ -24,22 +23,8 @@ from tokenfleet.settings import Settings
 pytestmark = pytest.mark.worker
 
 
-@pytest.fixture
-def env(settings: Settings) -> dict[str, str]:
-    return fleet_env_for(settings)
-
-
-@pytest.fixture
-def running_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
-    purge_queues(REDIS_URL)
-    log = tmp_path / "worker.log"
-    with worker(env, log, queues="light", concurrency=2):
-        yield log
-    purge_queues(REDIS_URL)
-
-
 def test_401s_from_several_processes_cause_one_provider_call(
-    rt: Runtime, stub_credential: StubControl, env: dict[str, str], running_worker: Path
+    rt: Runtime, stub_credential: StubControl, env: dict[str, str], light_worker: Path
 ) -> None:
     rt.engine.rotate("stub")
     stub_credential.script("sleep:0.5")

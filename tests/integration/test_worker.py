@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,26 +10,11 @@ import redis
 
 from tasks.app import app
 from tests.conftest import REDIS_URL
-from tests.processes import fleet_env_for, purge_queues, worker
+from tests.processes import purge_queues, worker
 from tests.stubs import StubControl
 from tokenfleet.runtime import Runtime
-from tokenfleet.settings import Settings
 
 pytestmark = pytest.mark.worker
-
-
-@pytest.fixture
-def env(settings: Settings, tmp_path: Path) -> dict[str, str]:
-    return fleet_env_for(settings)
-
-
-@pytest.fixture
-def light_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
-    purge_queues(REDIS_URL)
-    log = tmp_path / "worker.log"
-    with worker(env, log, queues="light", concurrency=2):
-        yield log
-    purge_queues(REDIS_URL)
 
 
 def call(name: str, timeout: float = 60, **kwargs: object) -> dict:
