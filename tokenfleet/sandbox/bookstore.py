@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import json
 import threading
-from types import TracebackType
+from http.server import ThreadingHTTPServer
 from typing import Final
 from urllib.parse import urlsplit
 
 from .flaresolverr import BaseJsonHandler, JsonHandlerServer, TokenRegistry
+from .server import SandboxServer
 
 __all__ = ["SEARCH_PATH", "BookstoreSandbox"]
 
@@ -60,7 +61,7 @@ def _unauthorized(detail: str) -> bytes:
     ).encode()
 
 
-class BookstoreSandbox:
+class BookstoreSandbox(SandboxServer):
     """The fake bookstore API on ``host:port`` (0 = any), served from a daemon thread.
 
     :attr:`api_url` is the full validation URL; :attr:`calls` counts requests per
@@ -79,62 +80,16 @@ class BookstoreSandbox:
         self.registry = registry
         self.check_user_agent = check_user_agent
         self.require_clearance = require_clearance
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self._lock = threading.Lock()
         self._calls: dict[str, int] = {}
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
-    def __repr__(self) -> str:
-        state = self.url if self._server is not None else "stopped"
-        return f"<BookstoreSandbox {state}>"
+    def _bind(self) -> _Server:
+        return _Server((self.host, self.port), _Handler, self)
 
-    def start(self) -> BookstoreSandbox:
-        """Bind and serve; returns ``self``."""
-        if self._server is not None:
-            raise RuntimeError("the sandbox is already running")
-        self._server = _Server((self.host, self.port), _Handler, self)
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"bookstore-sandbox-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving; a no-op when stopped."""
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        server.shutdown()
+    def _drop_connections(self, server: ThreadingHTTPServer) -> None:
+        assert isinstance(server, JsonHandlerServer)
         server.drop_connections()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> BookstoreSandbox:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:54321``."""
-        if self._server is None:
-            raise RuntimeError("the sandbox is not running; call start() first")
-        return f"http://{self.host}:{self.port}"
 
     @property
     def api_url(self) -> str:

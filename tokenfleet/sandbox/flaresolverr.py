@@ -42,9 +42,10 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, Final, Literal, get_args
 from urllib.parse import urlsplit
+
+from .server import SandboxServer
 
 __all__ = [
     "DEFAULT_USER_AGENT",
@@ -219,7 +220,7 @@ class _Fault:
     delay: float
 
 
-class FlareSolverrSandbox:
+class FlareSolverrSandbox(SandboxServer):
     """A fake FlareSolverr on ``host:port`` (0 = any free port), served from a daemon thread.
 
     :attr:`url` goes into ``flaresolverr_url``; :attr:`calls` counts commands (``GET /health``
@@ -240,70 +241,21 @@ class FlareSolverrSandbox:
         self.registry = registry or TokenRegistry()
         self.user_agent = user_agent
         self.site_cookies = site_cookies
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self._lock = threading.Lock()
         self._calls: dict[str, int] = {}
         self._requests: list[dict[str, Any]] = []
         self._faults: deque[_Fault] = deque()
         self._sessions: dict[str, float] = {}
-        self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def __repr__(self) -> str:
-        state = self.url if self._server is not None else "stopped"
-        return f"<FlareSolverrSandbox {state}>"
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> FlareSolverrSandbox:
-        """Bind and serve; returns ``self``. Restarting after :meth:`stop` keeps the port."""
-        if self._server is not None:
-            raise RuntimeError("the sandbox is already running")
-        self._stopping.clear()
-        self._server = _Server((self.host, self.port), _Handler, self)
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"flaresolverr-sandbox-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
+    def _bind(self) -> _Server:
+        return _Server((self.host, self.port), _Handler, self)
 
-    def stop(self) -> None:
-        """Stop serving and wake delayed answers; a no-op when stopped."""
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._stopping.set()
-        server.shutdown()
+    def _drop_connections(self, server: ThreadingHTTPServer) -> None:
+        assert isinstance(server, JsonHandlerServer)
         server.drop_connections()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> FlareSolverrSandbox:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:54321``."""
-        if self._server is None:
-            raise RuntimeError("the sandbox is not running; call start() first")
-        return f"http://{self.host}:{self.port}"
 
     # -- inspection and control ------------------------------------------------------------
 

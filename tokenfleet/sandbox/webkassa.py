@@ -47,9 +47,11 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any, Final, Literal, cast, get_args
 from urllib.parse import urlsplit
+
+from .server import SandboxServer
 
 __all__ = ["FaultKind", "WebkassaSandbox", "main"]
 
@@ -131,7 +133,7 @@ class _Fault:
     endpoint: str | None
 
 
-class WebkassaSandbox:
+class WebkassaSandbox(SandboxServer):
     """A fake Webkassa on ``host:port`` (port 0 picks a free one), served from a daemon thread.
 
     Use it as a context manager or call :meth:`start` / :meth:`stop`. :attr:`url` is the base
@@ -156,11 +158,10 @@ class WebkassaSandbox:
             raise ValueError("max_tokens must be at least 1")
         if token_ttl is not None and token_ttl <= 0:
             raise ValueError("token_ttl must be positive seconds (or None for no expiry)")
+        super().__init__(host, port)
         self.login = login
         self._password = password.encode("utf-8")
         self._api_key = api_key.encode("utf-8") if api_key else None
-        self.host = host
-        self.port = port
         self.max_tokens = max_tokens
         self.token_ttl = token_ttl
         self._lock = threading.Lock()
@@ -171,9 +172,6 @@ class WebkassaSandbox:
         self._tokens: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._seq = 0
         self._expired_upto = 0
-        self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._open: set[socket.socket] = set()
 
     def __repr__(self) -> str:
@@ -182,28 +180,10 @@ class WebkassaSandbox:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def start(self) -> WebkassaSandbox:
-        """Bind and start serving; returns ``self``. Starting twice is an error."""
-        if self._server is not None:
-            raise RuntimeError("the sandbox is already running")
-        self._stopping.clear()
-        self._server = _Server((self.host, self.port), self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"webkassa-sandbox-{self._server.server_address[1]}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
+    def _bind(self) -> _Server:
+        return _Server((self.host, self.port), self)
 
-    def stop(self) -> None:
-        """Stop serving, drop open keep-alive connections and wake delayed answers."""
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._stopping.set()
-        server.shutdown()
+    def _drop_connections(self, server: ThreadingHTTPServer) -> None:
         with self._lock:
             open_sockets = list(self._open)
         for sock in open_sockets:
@@ -211,31 +191,6 @@ class WebkassaSandbox:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> WebkassaSandbox:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:54321`` (no trailing slash)."""
-        if self._server is None:
-            raise RuntimeError("the sandbox is not running; call start() first")
-        host, port = self._server.server_address[:2]
-        host = str(host)
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     # -- inspection and control ----------------------------------------------------------
 
