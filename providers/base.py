@@ -11,12 +11,13 @@ Errors are re-exported here so a provider module needs a single import.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import requests
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from tokenfleet.clock import Clock, SystemClock
 from tokenfleet.errors import (
@@ -67,6 +68,13 @@ class ProviderConfig(BaseModel):
 
     #: Seconds to wait for the provider on each HTTP call.
     timeout: float = 20.0
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, value: float) -> float:
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError("timeout must be a positive number of seconds")
+        return value
 
 
 ConfigT = TypeVar("ConfigT", bound=ProviderConfig)

@@ -64,25 +64,13 @@ from .base import (
     ValidationFailed,
 )
 from .flaresolverr import Cookie, FlareSolverr, Solution, target_where
-from .http import _where, json_body, send
+from .http import check_http_url, describe_request, json_body, send
 
 __all__ = ["ChitaiGorodConfig", "ChitaiGorodProvider", "jwt_expiry"]
 
 _TOKEN_LIMIT = 8192
 #: Cookie-name prefixes of anti-bot clearance cookies that must travel with the token.
 CLEARANCE_PREFIXES = ("cf_", "__cf", "__ddg")
-
-
-def _check_http_url(value: str, field: str, *, strip_slash: bool = True) -> str:
-    value = value.strip()
-    if strip_slash:
-        value = value.rstrip("/")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{field} must be an http(s) URL")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(f"{field} must not carry credentials")
-    return value
 
 
 class ChitaiGorodConfig(ProviderConfig):
@@ -114,12 +102,12 @@ class ChitaiGorodConfig(ProviderConfig):
     @field_validator("flaresolverr_url", "api_url")
     @classmethod
     def _url(cls, value: str, info: ValidationInfo) -> str:
-        return _check_http_url(value, str(info.field_name))
+        return check_http_url(value, str(info.field_name))
 
     @field_validator("site_url")
     @classmethod
     def _site(cls, value: str) -> str:
-        return _check_http_url(value, "site_url", strip_slash=False)
+        return check_http_url(value, "site_url", strip_slash=False)
 
     @field_validator("proxy", mode="before")
     @classmethod
@@ -141,7 +129,7 @@ class ChitaiGorodConfig(ProviderConfig):
             raise ValueError("token_cookie must be a cookie name such as 'access-token'")
         return value
 
-    @field_validator("max_timeout", "timeout")
+    @field_validator("max_timeout")
     @classmethod
     def _positive(cls, value: float) -> float:
         if not math.isfinite(value) or value <= 0:
@@ -215,7 +203,7 @@ class ChitaiGorodProvider(Provider[ChitaiGorodConfig]):
             headers=headers,
             cookies=dict(secret.cookies),
         )
-        where = _where("GET", config.api_url)
+        where = describe_request("GET", config.api_url)
         status = response.status_code
         if status in (401, 403):
             raise ValidationFailed(

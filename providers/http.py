@@ -19,13 +19,30 @@ import requests
 from tokenfleet.errors import MalformedResponse, ProviderTimeout, ProviderUnavailable, RateLimited
 
 
-def _where(method: str, url: str) -> str:
+def describe_request(method: str, url: str) -> str:
     parts = urlsplit(url)
     # hostname/port, not netloc: netloc would carry any user:password@ of the URL.
     host = parts.hostname or ""
     if parts.port:
         host = f"{host}:{parts.port}"
     return f"{method} {parts.scheme}://{host}{parts.path}"
+
+
+def check_http_url(value: str, field: str, *, strip_slash: bool = True) -> str:
+    """Validate a configured http(s) URL (for pydantic validators); return it trimmed.
+
+    URLs with ``user:password@`` are refused: error messages name URLs, and credentials
+    belong in their own secret fields.
+    """
+    value = value.strip()
+    if strip_slash:
+        value = value.rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{field} must be an http(s) URL such as https://example.com")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{field} must not carry credentials; put them in their own fields")
+    return value
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -56,7 +73,7 @@ def send(
     **kwargs: Any,
 ) -> requests.Response:
     """Send one request; raise a RetryLater subclass for transient faults."""
-    where = _where(method, url)
+    where = describe_request(method, url)
     try:
         response = session.request(method, url, timeout=timeout, **kwargs)
     except requests.Timeout:
@@ -79,7 +96,7 @@ def send(
 
 def json_body(response: requests.Response, *, provider: str) -> Any:
     """Decode a JSON body; anything else (an HTML page, say) is a MalformedResponse."""
-    where = _where(response.request.method or "?", response.url)
+    where = describe_request(response.request.method or "?", response.url)
     ctype = response.headers.get("Content-Type", "")
     try:
         return response.json()

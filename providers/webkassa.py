@@ -43,7 +43,6 @@ Assumptions (no primary source found; each is configurable or conservative):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Annotated, Any, ClassVar, Literal, NoReturn, Protocol
@@ -68,7 +67,7 @@ from .base import (
     TokenPlacement,
     ValidationFailed,
 )
-from .http import json_body, send
+from .http import check_http_url, describe_request, json_body, send
 
 __all__ = ["WebkassaConfig", "WebkassaProvider"]
 
@@ -94,17 +93,6 @@ _TEXT_LIMIT = 200
 _TOKEN_LIMIT = 4096
 
 NonEmptyStr = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
-
-
-def _check_http_url(value: str, field: str) -> str:
-    value = value.strip().rstrip("/")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{field} must be an http(s) URL such as https://kkm.webkassa.kz")
-    if parts.username is not None or parts.password is not None:
-        # Error messages name the URL; credentials in it would leak there.
-        raise ValueError(f"{field} must not carry credentials; use login and password")
-    return value
 
 
 class WebkassaConfig(ProviderConfig):
@@ -143,13 +131,13 @@ class WebkassaConfig(ProviderConfig):
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, value: str) -> str:
-        return _check_http_url(value, "base_url")
+        return check_http_url(value, "base_url")
 
     @field_validator("authorize_url")
     @classmethod
     def _authorize_url(cls, value: str | None) -> str | None:
         return (
-            None if value is None or not value.strip() else _check_http_url(value, "authorize_url")
+            None if value is None or not value.strip() else check_http_url(value, "authorize_url")
         )
 
     @field_validator("authorize_path", "validate_path")
@@ -193,13 +181,6 @@ class WebkassaConfig(ProviderConfig):
         if ttl <= timedelta(0):
             raise ValueError("token_ttl must be positive (or null when unknown)")
         return ttl
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout(cls, value: float) -> float:
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError("timeout must be a positive number of seconds")
-        return value
 
     @property
     def login_url(self) -> str:
@@ -247,7 +228,7 @@ class WebkassaProvider(Provider[WebkassaConfig]):
             json=body,
             headers=self._headers(),
         )
-        where = _where("POST", url)
+        where = describe_request("POST", url)
         field = "authorize_url" if config.authorize_url else "authorize_path"
         data = self._judge(response, where, field, refused=self._refused_login)
         token = data.get("Token") if isinstance(data, Mapping) else None
@@ -275,7 +256,7 @@ class WebkassaProvider(Provider[WebkassaConfig]):
             headers=self._headers(),
             **extra,
         )
-        where = _where(config.validate_method, url)
+        where = describe_request(config.validate_method, url)
         self._judge(
             response,
             where,
@@ -392,12 +373,6 @@ class _Refusal(Protocol):
     def __call__(
         self, where: str, errors: list[tuple[int | None, str]], status: int, *, forced: bool
     ) -> NoReturn: ...
-
-
-def _where(method: str, url: str) -> str:
-    # Scheme, host and path only: a query string may carry the token (GET validation).
-    parts = urlsplit(url)
-    return f"{method} {parts.scheme}://{parts.netloc}{parts.path}"
 
 
 def _errors(parsed: Any, secrets: list[str]) -> list[tuple[int | None, str]]:
