@@ -377,9 +377,7 @@ class Engine:
             base.trigger,
         )
         self._publish(state, version, secret, now)
-        pending = self._write_sinks(
-            state, version, secret, base, range(len(self.store.sinks(state)))
-        )
+        pending = self._write_sinks(state, version, secret, base)
         return replace(outcome, pending_sinks=pending)
 
     def _publish(self, state: CredentialState, version: int, secret: Secret, now: datetime) -> None:
@@ -416,8 +414,6 @@ class Engine:
         if current is None:
             return Outcome("empty", provider, tenant)
         version, secret = current
-        count = len(self.store.sinks(state))
-        indexes = [i for i in (range(count) if only is None else only) if 0 <= i < count]
         base = Attempt(
             provider=provider,
             tenant=tenant,
@@ -432,7 +428,7 @@ class Engine:
             attempt=attempt,
             task_id=task_id,
         )
-        pending = self._write_sinks(state, version, secret, base, indexes)
+        pending = self._write_sinks(state, version, secret, base, only)
         status = "synced" if not pending else "failed"
         return Outcome(
             status,
@@ -450,13 +446,14 @@ class Engine:
         version: int,
         secret: Secret,
         base: Attempt,
-        indexes: Iterable[int],
+        only: Iterable[int] | None = None,
     ) -> tuple[int, ...]:
-        """Write one version to sinks; audit each; return the indexes that failed."""
+        """Write one version to all sinks (or ``only`` these); audit each; return failures."""
         raw = self.store.sinks(state)
         if not raw:
             return ()
         specs = parse_sinks(raw)
+        indexes = range(len(specs)) if only is None else [i for i in only if 0 <= i < len(specs)]
         failed = []
         for index in indexes:
             spec = specs[index]
