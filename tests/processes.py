@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import redis
 
@@ -64,6 +65,13 @@ def fleet_env_for(settings: Settings, extra: Mapping[str, str] | None = None) ->
     )
 
 
+def _spawn(cmd: list[str], env: Mapping[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """A fleet process in its own session (so its whole group can be stopped), logging to log."""
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -101,14 +109,7 @@ def worker(
         "--without-mingle",
         "--without-gossip",
     ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=dict(env),
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = _spawn(cmd, env, handle)
     try:
         broker = env["REDIS_URL"]
         with app.connection_for_write(broker) as conn:
@@ -131,14 +132,7 @@ def worker(
 def beat(env: Mapping[str, str], log: Path, schedule: Path) -> Iterator[subprocess.Popen[bytes]]:
     handle = open(log, "wb")
     cmd = [*CELERY, "beat", "--loglevel", "INFO", "-s", str(schedule), "--max-interval", "1"]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=dict(env),
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = _spawn(cmd, env, handle)
     try:
         yield proc
     finally:
