@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
@@ -34,11 +35,14 @@ from tokenfleet.errors import (
 from tokenfleet.schedule import Schedule
 from tokenfleet.secret import Secret
 
+from .browser import Health
+
 __all__ = [
     "AnyProvider",
     "Clock",
     "CredentialsRejected",
     "GiveUp",
+    "Health",
     "InvalidConfig",
     "MalformedResponse",
     "Provider",
@@ -127,7 +131,8 @@ class Provider(ABC, Generic[ConfigT]):
         except ValidationError as exc:
             first = exc.errors()[0]
             path = ".".join(str(part) for part in first["loc"])
-            field = f"{where}: config.{path}" if where else f"config.{path}"
+            field = ".".join(part for part in ("config", path) if part)
+            field = f"{where}: {field}" if where else field
             raise InvalidConfig(f"{field}: {first['msg']}", field=field) from None
 
     @abstractmethod
@@ -140,6 +145,27 @@ class Provider(ABC, Generic[ConfigT]):
 
     def revoke(self, secret: Secret) -> None:
         """Invalidate ``secret`` at the service, if the service supports it."""
+
+    def health(self) -> tuple[Health, ...]:
+        """Probe what this provider depends on (a browser, FlareSolverr); never raises.
+
+        ``tokenfleet status`` shows the results. Plain HTTP providers have nothing to probe.
+        """
+        return ()
+
+    def health_key(self) -> Hashable:
+        """Credentials whose providers share this key share one ``health`` probe.
+
+        Override when many configs depend on one thing (one FlareSolverr for all tenants).
+        """
+        return (type(self), self.config)
+
+    def close(self) -> None:
+        """Release what the provider holds open between rotations (a browser session).
+
+        The engine keeps one provider per credential and calls this when the worker
+        process stops or the credential's config changes; it must not raise.
+        """
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"

@@ -40,35 +40,39 @@ import base64
 import binascii
 import json
 import math
+from collections.abc import Hashable
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
 
 import requests
-from pydantic import SecretStr, ValidationInfo, field_validator
+from pydantic import SecretStr, ValidationInfo, field_validator, model_validator
 
-from tokenfleet.errors import GiveUp, InvalidConfig
+from tokenfleet.queues import QUEUES
 from tokenfleet.schedule import parse_duration
 
 from .base import (
     Clock,
+    InvalidConfig,
     MalformedResponse,
     Provider,
     ProviderConfig,
     ProviderTimeout,
-    ProviderUnavailable,
     Queue,
     Schedule,
     Secret,
     ValidationFailed,
 )
-from .flaresolverr import Cookie, FlareSolverr, Solution, target_where
+from .browser import BrowserBackend, Cookie, Health, Solution, target_where
+from .flaresolverr import FlareSolverr, FlareSolverrBackend
 from .http import check_http_url, describe_request, json_body, send
 
 __all__ = ["ChitaiGorodConfig", "ChitaiGorodProvider", "jwt_expiry"]
 
 _TOKEN_LIMIT = 8192
+#: Seconds the HTTP call to FlareSolverr may take beyond its own ``maxTimeout``.
+_SOLVE_MARGIN = 10.0
 #: Cookie-name prefixes of anti-bot clearance cookies that must travel with the token.
 CLEARANCE_PREFIXES = ("cf_", "__cf", "__ddg")
 
@@ -81,7 +85,15 @@ class ChitaiGorodConfig(ProviderConfig):
     validation GET (``timeout`` seconds). ``max_timeout`` (seconds) is FlareSolverr's
     ``maxTimeout`` for one solve. ``session_id`` names the FlareSolverr browser session that
     is reused (``None``: a fresh browser per solve); ``session_ttl`` retires it.
-    ``proxy`` (``http://[user:pass@]host:port``) is handed to FlareSolverr.
+    ``proxy`` (``http://[user:pass@]host:port``) is handed to the browser.
+
+    ``backend`` chooses the browser: ``flaresolverr`` (the FlareSolverr service at
+    ``flaresolverr_url``) or ``playwright`` (the local Chromium at ``chromium_path``, driven
+    by Playwright, for sites where FlareSolverr is not wanted; ``user_agent`` overrides its
+    User-Agent, which otherwise is Chromium's own without the ``Headless`` marker).
+
+    One solve plus one validation must fit inside the browser queue's soft time limit, so a
+    slow site is reported as a timeout and never kills the worker.
     """
 
     flaresolverr_url: str = "http://127.0.0.1:8191"
@@ -98,6 +110,9 @@ class ChitaiGorodConfig(ProviderConfig):
     session_id: str | None = "tokenfleet-chitai-gorod"
     session_ttl: timedelta | None = timedelta(hours=6)
     proxy: SecretStr | None = None
+    backend: Literal["flaresolverr", "playwright"] = "flaresolverr"
+    chromium_path: str = "/usr/bin/chromium"
+    user_agent: str | None = None
 
     @field_validator("flaresolverr_url", "api_url")
     @classmethod
@@ -136,6 +151,32 @@ class ChitaiGorodConfig(ProviderConfig):
             raise ValueError("must be a positive number of seconds")
         return value
 
+    @field_validator("chromium_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("chromium_path must be an absolute path such as /usr/bin/chromium")
+        return value
+
+    @field_validator("user_agent")
+    @classmethod
+    def _user_agent(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(ch in value for ch in "\r\n")):
+            raise ValueError("user_agent must be one non-empty line")
+        return value
+
+    @model_validator(mode="after")
+    def _fits_the_queue(self) -> ChitaiGorodConfig:
+        budget = QUEUES["browser"].soft
+        needed = self.max_timeout + _SOLVE_MARGIN + self.timeout
+        if needed >= budget:
+            raise ValueError(
+                f"max_timeout ({self.max_timeout:g}s) + timeout ({self.timeout:g}s) + "
+                f"{_SOLVE_MARGIN:g}s must stay under the browser queue's soft time limit "
+                f"({budget:g}s)"
+            )
+        return self
+
     @field_validator("session_ttl", mode="before")
     @classmethod
     def _ttl(cls, value: Any) -> Any:
@@ -148,13 +189,13 @@ class ChitaiGorodConfig(ProviderConfig):
 
 
 class ChitaiGorodProvider(Provider[ChitaiGorodConfig]):
-    """Gets the bookstore's bearer token through FlareSolverr and checks it with one search.
+    """Gets the bookstore's bearer token through a real browser and checks it with one search.
 
     ``acquire`` raises ProviderTimeout when the solve times out, ProviderUnavailable when
-    FlareSolverr is down (the message names its URL), GiveUp when Cloudflare blocks the IP
-    or shows a captcha, and MalformedResponse when the page set no token cookie.
-    ``validate`` raises ValidationFailed on 401/403. The FlareSolverr session lives on this
-    instance; a lost session is recreated and the solve retried once.
+    FlareSolverr (or Chromium) is down (the message names its URL or path), GiveUp when
+    Cloudflare blocks the IP or shows a captcha, and MalformedResponse when the page set no
+    token cookie. ``validate`` raises ValidationFailed on 401/403. The browser (or
+    FlareSolverr session) lives on this instance between rotations; ``close`` releases it.
     """
 
     name: ClassVar[str] = "chitai_gorod"
@@ -171,20 +212,19 @@ class ChitaiGorodProvider(Provider[ChitaiGorodConfig]):
         clock: Clock | None = None,
     ) -> None:
         super().__init__(config, session=session, clock=clock)
-        self.solver = FlareSolverr(config.flaresolverr_url, self.session, provider=self.name)
-        self._session_ready = False
-        self._session_born = 0.0
+        self.backend = _backend(config, self.session, self.clock, self.name)
 
     # -- contract --------------------------------------------------------------------------
 
     def acquire(self) -> Secret:
-        try:
-            solution = self._solve()
-        except ProviderUnavailable as exc:
-            if not getattr(exc, "session_lost", False):
-                raise
-            self._session_ready = False
-            solution = self._solve()
+        config = self.config
+        proxy = config.proxy.get_secret_value() if config.proxy is not None else None
+        solution = self.backend.open(
+            config.site_url,
+            wait_for_cookie=config.token_cookie,
+            timeout=config.max_timeout,
+            proxy=proxy,
+        )
         return self._secret(solution)
 
     def validate(self, secret: Secret) -> None:
@@ -223,55 +263,19 @@ class ChitaiGorodProvider(Provider[ChitaiGorodConfig]):
             )
         json_body(response, provider=self.name)
 
+    def health(self) -> tuple[Health, ...]:
+        return (self.backend.health(),)
+
+    def health_key(self) -> Hashable:
+        config = self.config
+        if config.backend == "playwright":
+            return ("chromium", config.chromium_path)
+        return ("flaresolverr", config.flaresolverr_url)
+
+    def close(self) -> None:
+        self.backend.close()
+
     # -- internals -------------------------------------------------------------------------
-
-    def _solve(self) -> Solution:
-        config = self.config
-        session_id = self._session()
-        try:
-            return self.solver.get(
-                config.site_url,
-                max_timeout_ms=int(config.max_timeout * 1000),
-                session_id=session_id,
-                proxy=self._proxy(),
-                return_only_cookies=True,
-            )
-        except (ProviderTimeout, GiveUp):
-            # A browser stuck on a challenge is not worth keeping: start clean next time.
-            self._retire_session()
-            raise
-
-    def _session(self) -> str | None:
-        config = self.config
-        if config.session_id is None:
-            return None
-        now = self.clock.monotonic()
-        expired = (
-            config.session_ttl is not None
-            and self._session_ready
-            and now - self._session_born >= config.session_ttl.total_seconds()
-        )
-        if expired:
-            self._retire_session()
-        if not self._session_ready:
-            self.solver.create_session(config.session_id, proxy=self._proxy())
-            self._session_ready = True
-            self._session_born = now
-        return config.session_id
-
-    def _proxy(self) -> str | None:
-        proxy = self.config.proxy
-        return proxy.get_secret_value() if proxy is not None else None
-
-    def _retire_session(self) -> None:
-        """Best-effort ``sessions.destroy``; the next solve creates the session afresh."""
-        if self.config.session_id is None:
-            return
-        self._session_ready = False
-        try:
-            self.solver.destroy_session(self.config.session_id)
-        except (ProviderUnavailable, ProviderTimeout, MalformedResponse, InvalidConfig):
-            pass
 
     def _secret(self, solution: Solution) -> Secret:
         config = self.config
@@ -300,6 +304,27 @@ class ChitaiGorodProvider(Provider[ChitaiGorodConfig]):
             bound=MappingProxyType({"user_agent": solution.user_agent}),
             cookies=MappingProxyType(cookies),
         )
+
+
+def _backend(
+    config: ChitaiGorodConfig, session: requests.Session, clock: Clock, name: str
+) -> BrowserBackend:
+    ttl = config.session_ttl.total_seconds() if config.session_ttl is not None else None
+    if config.backend == "playwright":
+        # Imported here: the FlareSolverr path must not need Playwright installed.
+        from .chromium import ChromiumBackend
+
+        return ChromiumBackend(
+            executable_path=config.chromium_path,
+            user_agent=config.user_agent,
+            session_ttl=ttl,
+            clock=clock,
+            provider=name,
+        )
+    solver = FlareSolverr(
+        config.flaresolverr_url, session, timeout_margin=_SOLVE_MARGIN, provider=name
+    )
+    return FlareSolverrBackend(solver, session_id=config.session_id, session_ttl=ttl, clock=clock)
 
 
 def _token_value(raw: str) -> str:

@@ -48,14 +48,15 @@ query strings or proxy credentials.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
+from tokenfleet.clock import Clock
 from tokenfleet.errors import (
     GiveUp,
     InvalidConfig,
@@ -64,7 +65,16 @@ from tokenfleet.errors import (
     ProviderUnavailable,
 )
 
-__all__ = ["DEFAULT_MAX_TIMEOUT_MS", "Cookie", "FlareSolverr", "Solution", "target_where"]
+from .browser import Cookie, Health, Solution, target_where
+
+__all__ = [
+    "DEFAULT_MAX_TIMEOUT_MS",
+    "Cookie",
+    "FlareSolverr",
+    "FlareSolverrBackend",
+    "Solution",
+    "target_where",
+]
 
 #: FlareSolverr's own default ``maxTimeout``.
 DEFAULT_MAX_TIMEOUT_MS = 60_000
@@ -81,69 +91,9 @@ _BLOCKED_MARKS = (
 )
 
 
-def target_where(url: str) -> str:
-    """``host[:port]/path`` of ``url``: what messages may say about a target page."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{host}{parts.path or '/'}"
-
-
 def _base(url: str) -> str:
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path.rstrip('/')}"
-
-
-@dataclass(frozen=True, repr=False)
-class Cookie:
-    """One browser cookie from ``solution.cookies``; its value never shows in ``repr``.
-
-    ``expires`` is unix seconds, or None for a session cookie.
-    """
-
-    name: str
-    value: str
-    domain: str = ""
-    path: str = "/"
-    expires: float | None = None
-    http_only: bool = False
-    secure: bool = False
-
-    def __repr__(self) -> str:
-        return f"Cookie(name={self.name!r}, domain={self.domain!r}, expires={self.expires!r})"
-
-
-@dataclass(frozen=True, repr=False)
-class Solution:
-    """What FlareSolverr saw after opening a page: final URL, cookies, the browser's UA.
-
-    ``status`` is FlareSolverr's constant 200; never judge success by it. ``response`` is
-    the page HTML (None with ``return_only_cookies``). ``repr`` shows cookie names only.
-    """
-
-    url: str
-    status: int
-    user_agent: str
-    cookies: tuple[Cookie, ...] = ()
-    response: str | None = None
-    headers: Mapping[str, Any] = field(default_factory=dict)
-    message: str = ""
-
-    def cookie(self, name: str) -> Cookie | None:
-        """The last cookie called ``name`` (browsers may hold one per domain), or None."""
-        found = None
-        for cookie in self.cookies:
-            if cookie.name == name:
-                found = cookie
-        return found
-
-    def __repr__(self) -> str:
-        names = [cookie.name for cookie in self.cookies]
-        return f"Solution(url={target_where(self.url)!r}, cookies={names!r})"
+    """``scheme://host[:port]/path`` without userinfo, query or a trailing slash."""
+    return f"{urlsplit(url).scheme}://{target_where(url).rstrip('/')}"
 
 
 class FlareSolverr:
@@ -248,11 +198,39 @@ class FlareSolverr:
 
     def health(self) -> bool:
         """True when ``GET /health`` answers ``{"status": "ok"}``; never raises."""
+        return self.probe().ok
+
+    def probe(self, timeout: float = 5.0) -> Health:
+        """``GET /health``, told in words: up (with FlareSolverr's version), broken or down."""
+        url = f"{self.base_url}/health"
         try:
-            response = self.session.get(f"{self.base_url}/health", timeout=self.timeout_margin)
-            return response.status_code == 200 and response.json().get("status") == "ok"
-        except (requests.RequestException, ValueError, AttributeError):
-            return False
+            response = self.session.get(url, timeout=timeout)
+        except requests.Timeout:
+            return Health("flaresolverr", self.base_url, False, f"no answer within {timeout:g}s")
+        except requests.RequestException as exc:
+            return Health("flaresolverr", self.base_url, False, f"down ({type(exc).__name__})")
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code == 200 and isinstance(body, dict) and body.get("status") == "ok":
+            version = self._version()
+            return Health("flaresolverr", self.base_url, True, f"ok{version}")
+        return Health(
+            "flaresolverr",
+            self.base_url,
+            False,
+            f"unhealthy: GET /health answered HTTP {response.status_code}",
+        )
+
+    def _version(self) -> str:
+        # GET / answers {"msg": "FlareSolverr is ready!", "version": ..., "userAgent": ...}.
+        try:
+            body = self.session.get(f"{self.base_url}/", timeout=2.0).json()
+        except (requests.RequestException, ValueError):
+            return ""
+        version = body.get("version") if isinstance(body, dict) else None
+        return f", version {version}" if isinstance(version, str) and version else ""
 
     # -- internals -------------------------------------------------------------------------
 
@@ -371,6 +349,101 @@ class FlareSolverr:
             headers=dict(headers) if isinstance(headers, Mapping) else {},
             message=message if isinstance(message, str) else "",
         )
+
+
+class FlareSolverrBackend:
+    """The FlareSolverr browser backend: one reusable FlareSolverr session per instance.
+
+    The session (a browser FlareSolverr keeps open, id ``session_id``) is created on first
+    use, reused across ``open`` calls, recreated after ``session_ttl`` seconds, after a solve
+    timeout or block (a browser stuck on a challenge is not worth keeping), and once,
+    transparently, when FlareSolverr reports it lost (restarted, or v1/v2's "This session
+    does not exist"). ``session_id=None`` asks for a fresh browser per solve.
+    """
+
+    kind = "flaresolverr"
+
+    def __init__(
+        self,
+        solver: FlareSolverr,
+        *,
+        session_id: str | None,
+        session_ttl: float | None,
+        clock: Clock,
+    ) -> None:
+        self.solver = solver
+        self.session_id = session_id
+        self.session_ttl = session_ttl
+        self.clock = clock
+        self._ready = False
+        self._born = 0.0
+        # A digest, not the proxy URL: it may hold a password and attributes get dumped.
+        self._proxy_key: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<FlareSolverrBackend {self.solver.base_url} session={self.session_id!r}>"
+
+    def open(
+        self, url: str, *, wait_for_cookie: str, timeout: float, proxy: str | None
+    ) -> Solution:
+        try:
+            return self._solve(url, timeout, proxy)
+        except ProviderUnavailable as exc:
+            if not getattr(exc, "session_lost", False):
+                raise
+            self._ready = False
+            return self._solve(url, timeout, proxy)
+
+    def reset(self) -> None:
+        """Best-effort ``sessions.destroy``; the next solve creates the session afresh."""
+        was_ready, self._ready = self._ready, False
+        if self.session_id is None or not was_ready:
+            return
+        try:
+            self.solver.destroy_session(self.session_id)
+        except (ProviderUnavailable, ProviderTimeout, MalformedResponse, InvalidConfig):
+            pass
+
+    def close(self) -> None:
+        self.reset()
+
+    def health(self) -> Health:
+        return self.solver.probe()
+
+    def _solve(self, url: str, timeout: float, proxy: str | None) -> Solution:
+        session_id = self._session(proxy)
+        try:
+            return self.solver.get(
+                url,
+                max_timeout_ms=max(1, int(timeout * 1000)),
+                session_id=session_id,
+                proxy=proxy,
+                return_only_cookies=True,
+            )
+        except (ProviderTimeout, GiveUp):
+            self.reset()
+            raise
+
+    def _session(self, proxy: str | None) -> str | None:
+        if self.session_id is None:
+            return None
+        now = self.clock.monotonic()
+        expired = (
+            self.session_ttl is not None and self._ready and now - self._born >= self.session_ttl
+        )
+        proxy_key = _digest(proxy)
+        if expired or (self._ready and proxy_key != self._proxy_key):
+            self.reset()
+        if not self._ready:
+            self.solver.create_session(self.session_id, proxy=proxy)
+            self._ready = True
+            self._born = now
+            self._proxy_key = proxy_key
+        return self.session_id
+
+
+def _digest(value: str | None) -> str | None:
+    return None if value is None else hashlib.sha256(value.encode()).hexdigest()
 
 
 def _proxy(proxy: str) -> dict[str, str]:

@@ -10,7 +10,13 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import beat_init, worker_init, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    beat_init,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
 from tokenfleet.runtime import Runtime
 from tokenfleet.settings import load_settings
@@ -62,4 +68,13 @@ def _fresh_runtime(**_: Any) -> None:
 
 @worker_process_shutdown.connect
 def _close_runtime(**_: Any) -> None:
+    # A prefork child that stops (warm shutdown, max-tasks-per-child) closes its providers:
+    # that destroys its FlareSolverr session or Chromium instead of leaking a browser.
+    reset_runtime()
+
+
+@worker_shutdown.connect
+def _close_runtime_solo(**_: Any) -> None:
+    # The solo and threads pools run tasks in the main process, which gets no
+    # worker_process_shutdown; closing an already closed runtime is a no-op.
     reset_runtime()

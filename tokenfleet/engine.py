@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import requests
 from redis.exceptions import LockError, RedisError
 
-from providers.base import AnyProvider
+from providers.base import AnyProvider, Health
 from providers.registry import Registry
 
 from .clock import Clock
@@ -40,6 +41,7 @@ from .errors import (
     SinkFailed,
     StoreUnavailable,
     TokenfleetError,
+    UnknownProvider,
     error_kind,
 )
 from .hot import HotCache
@@ -140,6 +142,19 @@ class Engine:
         self.session = session or requests.Session()
         self.rng = rng or random.Random()
         self.sinks = sinks or SinkWriter(hot.redis)
+        # One provider per credential, kept between rotations: a browser provider holds a
+        # browser (or FlareSolverr session) that already passed the site's challenge.
+        self._providers: dict[tuple[str, str], tuple[tuple[bytes, Any], AnyProvider]] = {}
+        self._providers_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close every provider this engine kept (browser sessions), then the sinks."""
+        with self._providers_lock:
+            kept = [instance for _, instance in self._providers.values()]
+            self._providers.clear()
+        for instance in kept:
+            _close_quietly(instance)
+        self.sinks.close()
 
     # -- public API ----------------------------------------------------------------
 
@@ -488,9 +503,56 @@ class Engine:
     # -- helpers -------------------------------------------------------------------
 
     def _provider(self, cls: type[AnyProvider], state: CredentialState) -> AnyProvider:
+        """The kept provider of this credential, rebuilt (and the old one closed) when its
+        class or config changed."""
+        key = (state.provider, state.tenant)
+        with self._providers_lock:
+            kept = self._providers.get(key)
+        if kept is not None and type(kept[1]) is cls and kept[0][0] == state.config_enc:
+            # Same stored bytes: skip decrypting and validating the config again.
+            return kept[1]
         where = f"{state.provider}/{state.tenant}"
         config = cls.parse_config(self.store.config(state), where)
-        return cls(config, session=self.session, clock=self.clock)
+        with self._providers_lock:
+            kept = self._providers.get(key)
+            if kept is not None and type(kept[1]) is cls and kept[0][1] == config:
+                # Re-encrypted (Fernet is randomised) but the same config: keep the provider.
+                self._providers[key] = ((state.config_enc, config), kept[1])
+                return kept[1]
+            instance = cls(config, session=self.session, clock=self.clock)
+            self._providers[key] = ((state.config_enc, config), instance)
+        if kept is not None:
+            _close_quietly(kept[1])
+        return instance
+
+    def health(self) -> dict[tuple[str, str], tuple[Health, ...]]:
+        """Probe what each enabled credential's provider depends on (FlareSolverr, Chromium).
+
+        One probe per distinct ``health_key``, however many credentials share it. Builds
+        throwaway providers, so a worker's browser session is never disturbed. Credentials
+        whose provider has nothing to probe are left out.
+        """
+        probed: dict[Hashable, tuple[Health, ...]] = {}
+        out: dict[tuple[str, str], tuple[Health, ...]] = {}
+        for state in self.store.credentials():
+            if not state.enabled:
+                continue
+            try:
+                cls = self.registry.get(state.provider)
+                config = cls.parse_config(self.store.config(state), state.provider)
+            except (InvalidConfig, UnknownProvider):
+                continue
+            if not _overrides(cls, "health"):
+                continue
+            instance = cls(config, session=self.session, clock=self.clock)
+            try:
+                key = instance.health_key()
+                if key not in probed:
+                    probed[key] = instance.health()
+            finally:
+                _close_quietly(instance)
+            out[(state.provider, state.tenant)] = probed[key]
+        return out
 
     def _refuse_sandbox_in_prod(self, tenant: str) -> None:
         if self.config.env == "prod" and tenant == SANDBOX_TENANT:
@@ -636,3 +698,16 @@ def _check_args(provider: Any, tenant: Any, stale_version: Any, trigger: Any) ->
         )
     if trigger not in TRIGGERS:
         raise InvalidArguments(f"trigger must be one of {', '.join(TRIGGERS)}, got {trigger!r:.80}")
+
+
+def _close_quietly(instance: AnyProvider) -> None:
+    try:
+        instance.close()
+    except Exception:  # closing is best effort; a worker must still stop
+        log.warning("could not close provider %r", instance, exc_info=True)
+
+
+def _overrides(cls: type[AnyProvider], method: str) -> bool:
+    from providers.base import Provider
+
+    return getattr(cls, method) is not getattr(Provider, method)

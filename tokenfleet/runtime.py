@@ -129,7 +129,9 @@ class Runtime:
 
     def close(self) -> None:
         if "engine" in self.__dict__:
-            self.engine.sinks.close()
+            # Closes kept providers first: destroys browser sessions while Redis and the
+            # database are still there for anything they log.
+            self.engine.close()
         if "db" in self.__dict__:
             self.db.dispose()
         if "redis" in self.__dict__:

@@ -15,14 +15,26 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, field_serializer, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    TypeAdapter,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
 def parse_duration(value: Any) -> timedelta:
-    """Parse ``90``, ``"90s"``, ``"30m"``, ``"3h"``, ``"1d"`` or a timedelta."""
+    """Parse ``90``, ``"90s"``, ``"30m"``, ``"3h"``, ``"1d"``, ISO 8601 or a timedelta.
+
+    ISO 8601 (``"PT6H"``) is what pydantic writes for a timedelta in JSON, so a config
+    stored as JSON must read back through here.
+    """
     if isinstance(value, timedelta):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -31,7 +43,15 @@ def parse_duration(value: Any) -> timedelta:
         match = _DURATION.match(value)
         if match:
             return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+        if value.strip().lstrip("-").upper().startswith("P"):
+            try:
+                return _ISO_DURATION.validate_python(value.strip().upper())
+            except ValidationError:
+                pass
     raise ValueError(f"not a duration: {value!r} (use seconds or e.g. '90s', '30m', '3h', '1d')")
+
+
+_ISO_DURATION = TypeAdapter(timedelta)
 
 
 def format_duration(value: timedelta) -> str:

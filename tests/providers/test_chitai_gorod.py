@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from providers.chitai_gorod import ChitaiGorodConfig, ChitaiGorodProvider, jwt_expiry
+from providers.flaresolverr import FlareSolverrBackend
 from tokenfleet.clock import FrozenClock
 from tokenfleet.errors import (
     GiveUp,
@@ -344,7 +345,8 @@ def test_flaresolverr_answering_html_502_is_provider_unavailable(
 
 def test_solve_slower_than_max_timeout_plus_margin_is_provider_timeout(fleet: Fleet) -> None:
     provider = fleet.provider(max_timeout=0.1)
-    provider.solver.timeout_margin = 0.2
+    assert isinstance(provider.backend, FlareSolverrBackend)
+    provider.backend.solver.timeout_margin = 0.2
     fleet.solver.fail_next("slow", delay=1.5)
     started = time.monotonic()
     with pytest.raises(ProviderTimeout):
@@ -457,7 +459,7 @@ def test_token_and_cookies_never_appear_in_errors_or_reprs(fleet: Fleet) -> None
     errors.append(down.value)
     # A Secret holds its value in its attributes by design; its str/repr must not show it.
     assert_hidden(hidden, secret, attrs=False)
-    assert_hidden(hidden, provider, provider.solver, provider.config, *errors)
+    assert_hidden(hidden, provider, provider.backend, provider.config, *errors)
     for error in errors:
         assert_hidden(hidden, pickle.loads(pickle.dumps(error)))  # noqa: S301 - our own bytes
 
@@ -468,3 +470,39 @@ def test_default_site_cookies_issue_a_token_the_bookstore_accepts(fleet: Fleet) 
     assert token.startswith("Bearer%20")
     assert fleet.registry.state(token.removeprefix("Bearer%20"), "UA") == "ok"
     assert fleet.registry.state(token.removeprefix("Bearer%20"), "other") == "wrong_user_agent"
+
+
+def test_a_solve_budget_beyond_the_browser_queue_soft_limit_is_refused_naming_both() -> None:
+    with pytest.raises(InvalidConfig) as caught:
+        ChitaiGorodProvider.parse_config({"max_timeout": 200, "timeout": 30}, "chitai_gorod/t1")
+    message = str(caught.value)
+    assert "max_timeout (200s) + timeout (30s)" in message
+    assert "soft time limit (240s)" in message
+    assert caught.value.field == "chitai_gorod/t1: config"
+    ChitaiGorodProvider.parse_config({"max_timeout": 180, "timeout": 20}, "chitai_gorod/t1")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("backend", "selenium"), ("chromium_path", "chromium"), ("user_agent", "a\nb")],
+)
+def test_bad_browser_backend_config_names_the_field(field: str, value: Any) -> None:
+    with pytest.raises(InvalidConfig) as caught:
+        ChitaiGorodProvider.parse_config({field: value}, "")
+    assert caught.value.field == f"config.{field}"
+
+
+def test_playwright_backend_is_chosen_by_config_and_its_health_names_the_executable(
+    tmp_path: Any,
+) -> None:
+    missing = str(tmp_path / "no-chromium")
+    config = ChitaiGorodConfig.model_validate({"backend": "playwright", "chromium_path": missing})
+    provider = ChitaiGorodProvider(config)
+    assert provider.backend.kind == "chromium"
+    (health,) = provider.health()
+    assert not health.ok and health.target == missing
+    assert provider.health_key() == ("chromium", missing)
+    with pytest.raises(InvalidConfig) as caught:
+        provider.acquire()
+    assert caught.value.field == "chromium_path" and missing in str(caught.value)
+    provider.close()

@@ -76,3 +76,22 @@ def test_the_shipped_example_fleet_file_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "fleet.example.toml"
     specs = load_file(example, BUILTIN, {"WEBKASSA_PASSWORD": "x"})
     assert [(s.provider, s.tenant) for s in specs] == [("webkassa", "default")]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {**GOOD, "config": {**GOOD["config"], "token_ttl": "12h"}},
+        {"provider": "chitai_gorod", "config": {"session_ttl": "2h", "proxy": "${PW}"}},
+        {"provider": "chitai_gorod", "config": {"backend": "playwright"}},
+    ],
+)
+def test_a_config_stored_as_the_fleet_file_stores_it_parses_back_unchanged(entry: dict) -> None:
+    """Durations are stored as pydantic writes them (``PT12H``) and must read back."""
+    env = {"PW": "http://u:p@127.0.0.1:3128"}
+    (spec,) = parse_specs({"credential": [entry]}, BUILTIN, env)
+    cls = BUILTIN.get(spec.provider)
+    direct = cls.parse_config(
+        {k: (env["PW"] if v == "${PW}" else v) for k, v in entry["config"].items()}, "x"
+    )
+    assert cls.parse_config(spec.config, "x") == direct

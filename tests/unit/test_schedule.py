@@ -87,3 +87,15 @@ def test_describe_is_short_and_human() -> None:
     assert Schedule(cron="0 5 * * *", jitter="30m").describe() == "cron 0 5 * * * +rand(30m)"
     assert Schedule.parse("every 3h").describe() == "every 3h"
     assert Schedule(every=90).describe() == "every 90s"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("PT6H", 21600), ("P1D", 86400), ("PT1M30S", 90), ("pt5m", 300)]
+)
+def test_parse_duration_reads_iso_8601_as_pydantic_writes_it(text: str, seconds: int) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+def test_parse_duration_still_refuses_garbage_naming_the_accepted_forms() -> None:
+    with pytest.raises(ValueError, match="not a duration: 'P-nope'"):
+        parse_duration("P-nope")
