@@ -163,3 +163,38 @@ def test_credentials_remove_deletes_versions_but_keeps_the_audit(cli) -> None:  
         "UnknownCredential"
         in cli("credentials", "remove", "webkassa", "-t", "shop", "--yes", code=2).stderr
     )
+
+
+BROWSER_FLEET = """
+[[credential]]
+provider = "chitai_gorod"
+tenant = "{tenant}"
+[credential.config]
+flaresolverr_url = "{url}"
+"""
+
+
+def test_status_probes_flaresolverr_once_and_shows_it_down_when_it_stops(  # type: ignore[no-untyped-def]
+    cli, tmp_path: Path, sandbox: WebkassaSandbox
+) -> None:
+    from tokenfleet.sandbox.flaresolverr import FlareSolverrSandbox
+
+    with FlareSolverrSandbox() as solver:
+        fleet = FLEET.format(tenant="shop", url=sandbox.url) + "".join(
+            BROWSER_FLEET.format(tenant=t, url=solver.url) for t in ("a", "b")
+        )
+        (tmp_path / "fleet.toml").write_text(fleet)
+        cli("migrate")
+        rows = {r["tenant"]: r for r in json.loads(cli("status", "--json").stdout)}
+        (dep,) = rows["a"]["dependencies"]
+        assert dep["component"] == "flaresolverr" and dep["target"] == solver.url
+        assert dep["ok"] is True and rows["b"]["dependencies"] == [dep]
+        assert rows["shop"]["dependencies"] == []  # webkassa has nothing to probe
+        assert solver.calls.get("health") == 1
+        table = cli("status").stdout
+        assert "dependencies" in table and "up" in table and "chitai_gorod/a" in table
+        solver.stop()
+        (dep,) = json.loads(cli("status", "--json").stdout)[0]["dependencies"]
+        assert dep["ok"] is False and "down" in dep["detail"]
+        assert "DOWN" in cli("status").stdout
+        assert "dependencies" not in cli("status", "--no-probe").stdout

@@ -50,7 +50,7 @@ def survivors(marker: str) -> list[int]:
 
 def status(env: dict[str, str]) -> list[dict]:
     done = subprocess.run(
-        [str(REPO / ".venv/bin/tokenfleet"), "status", "--json"],
+        [str(REPO / ".venv/bin/tokenfleet"), "status", "--json", "--no-probe"],
         env=env, capture_output=True, text=True, timeout=60, cwd=env["TOKENFLEET_TEST_MARKER"],
     )  # fmt: skip
     if done.returncode != 0:
@@ -72,16 +72,20 @@ def ctrl_c(proc: subprocess.Popen[bytes]) -> int:
 
 
 def wait_for_version(
-    env: dict[str, str], at_least: int, proc: subprocess.Popen[bytes], log: Path
+    env: dict[str, str],
+    at_least: int,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    provider: str = "webkassa",
 ) -> dict:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()
-        rows = [r for r in status(env) if (r["provider"], r["tenant"]) == ("webkassa", "sandbox")]
+        rows = [r for r in status(env) if (r["provider"], r["tenant"]) == (provider, "sandbox")]
         if rows and rows[0]["version"] >= at_least:
             return rows[0]
         time.sleep(1)
-    raise AssertionError(f"no sandbox rotation:\n{log.read_text()}")
+    raise AssertionError(f"no sandbox rotation of {provider}:\n{log.read_text()}")
 
 
 def test_make_run_rotates_in_the_sandbox_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
@@ -90,12 +94,16 @@ def test_make_run_rotates_in_the_sandbox_stops_cleanly_and_keeps_data(tmp_path: 
     proc = start(env, log)
     try:
         first = wait_for_version(env, 1, proc, log)
+        browser = wait_for_version(env, 1, proc, log, provider="chitai_gorod")
     finally:
         code = ctrl_c(proc)
     output = log.read_text()
     assert "(embedded, data in" in output
     assert "sandbox         webkassa at http://127.0.0.1:" in output
     assert "rotate webkassa/sandbox rotated v1" in output
+    assert "sandbox         flaresolverr at http://127.0.0.1:" in output
+    assert "rotate chitai_gorod/sandbox rotated v1" in output
+    assert browser["last_outcome"] == "rotated"
     assert "fleet stopped" in output
     assert code in (0, 2, 130, -signal.SIGINT), output  # make dies of the SIGINT itself
     time.sleep(1)

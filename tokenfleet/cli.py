@@ -21,6 +21,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from providers.browser import Health
+
 from . import fleetfile
 from .errors import FleetTimeout, InvalidArguments, TokenfleetError
 from .runtime import Runtime
@@ -86,8 +88,18 @@ def migrate() -> None:
 
 
 @app.command()
-def status(as_json: JsonOpt = False) -> None:
-    """One line per credential: version, age, expiry, next due, last outcome, circuit."""
+def status(
+    as_json: JsonOpt = False,
+    probe: Annotated[
+        bool,
+        typer.Option(help="Probe what browser providers depend on (FlareSolverr, Chromium)."),
+    ] = True,
+) -> None:
+    """One line per credential: version, age, expiry, next due, last outcome, circuit.
+
+    Then the health of what credentials depend on (a FlareSolverr, a Chromium), probed now:
+    one probe per distinct target, a few seconds at most each.
+    """
     with _runtime() as rt:
         now = rt.clock.now()
         rows = rt.store.credentials()
@@ -95,6 +107,7 @@ def status(as_json: JsonOpt = False) -> None:
         for state in rows:
             current = [v for v in rt.store.versions(state.id) if v.stage == "current"]
             versions[state.id] = current[0].promoted_at if current else None
+        health = rt.engine.health() if probe else {}
     if as_json:
         out.print_json(
             json.dumps(
@@ -110,6 +123,9 @@ def status(as_json: JsonOpt = False) -> None:
                         "last_outcome": s.last_outcome,
                         "last_error": s.last_error,
                         "circuit_open_until": _iso(s.circuit_open_until),
+                        "dependencies": [
+                            h.to_dict() for h in health.get((s.provider, s.tenant), ())
+                        ],
                     }
                     for s in rows
                 ]
@@ -145,6 +161,28 @@ def status(as_json: JsonOpt = False) -> None:
             circuit,
         )
     out.print(table)
+    if health:
+        out.print(_health_table(health))
+
+
+def _health_table(health: dict[tuple[str, str], tuple[Health, ...]]) -> Table:
+    users: dict[Health, list[str]] = {}
+    for (provider, tenant), results in health.items():
+        for result in results:
+            users.setdefault(result, []).append(f"{provider}/{tenant}")
+    table = Table(title="dependencies")
+    for column in ("component", "target", "state", "detail", "used by"):
+        table.add_column(column)
+    for result, names in users.items():
+        used_by = ", ".join(names[:3]) + (f" (+{len(names) - 3})" if len(names) > 3 else "")
+        table.add_row(
+            result.component,
+            result.target,
+            "[green]up[/]" if result.ok else "[red]DOWN[/]",
+            result.detail,
+            used_by,
+        )
+    return table
 
 
 def _print_outcome(result: dict[str, Any], as_json: bool) -> None:

@@ -13,6 +13,7 @@ then kills what is left, so no process outlives it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -23,8 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
 
 import redis
 from sqlalchemy.engine import make_url
@@ -33,10 +33,12 @@ from .engine import SANDBOX_TENANT
 from .errors import InvalidConfig, StoreUnavailable
 from .queues import QUEUES
 from .runtime import Runtime
+from .sandbox.server import SandboxServer
 from .schedule import Schedule
 from .settings import Settings
 
 SANDBOX_SCHEDULE = Schedule(every=timedelta(minutes=1))
+SandboxT = TypeVar("SandboxT", bound=SandboxServer)
 
 
 def free_port(preferred: int = 0) -> int:
@@ -166,21 +168,50 @@ class Fleet:
         return url
 
     def _start_sandbox(self, rt: Runtime) -> None:
+        """Local Webkassa, FlareSolverr and bookstore servers, and a credential for each path.
+
+        Each server keeps its port across runs (``state_dir/sandbox.ports``), so stored
+        configs stay valid after a restart.
+        """
+        from .sandbox.bookstore import BookstoreSandbox
+        from .sandbox.flaresolverr import FlareSolverrSandbox, TokenRegistry
         from .sandbox.webkassa import WebkassaSandbox
 
-        port_file = rt.settings.state_dir / "sandbox.port"
-        preferred = int(port_file.read_text()) if port_file.exists() else 0
-        box = WebkassaSandbox(port=free_port(preferred)).start()
-        port_file.write_text(str(urlsplit(box.url).port))
+        ports = SandboxPorts(rt.settings.state_dir / "sandbox.ports")
+        webkassa = self._sandbox(WebkassaSandbox(port=ports.take("webkassa")))
+        registry = TokenRegistry()
+        solver = self._sandbox(FlareSolverrSandbox(registry, port=ports.take("flaresolverr")))
+        shop = self._sandbox(BookstoreSandbox(registry, port=ports.take("bookstore")))
+        ports.save(webkassa=webkassa.port, flaresolverr=solver.port, bookstore=shop.port)
+        credentials: dict[str, tuple[dict[str, Any], str]] = {
+            "webkassa": (
+                {"base_url": webkassa.url, "login": webkassa.login, "password": "sandbox-password"},
+                f"webkassa at {webkassa.url}",
+            ),
+            "chitai_gorod": (
+                {
+                    "flaresolverr_url": solver.url,
+                    "site_url": f"{shop.url}/",
+                    "api_url": shop.api_url,
+                    "max_timeout": 30,
+                },
+                f"flaresolverr at {solver.url}, bookstore at {shop.url}",
+            ),
+        }
+        for provider, (config, where) in credentials.items():
+            rt.store.upsert(
+                provider, SANDBOX_TENANT, config, SANDBOX_SCHEDULE, enabled=True, now=rt.clock.now()
+            )
+            self.say(
+                f"sandbox         {where} -> credential {provider}/{SANDBOX_TENANT}, "
+                f"rotated {SANDBOX_SCHEDULE.describe()}"
+            )
+        self.say("sandbox         (dev mode, no credentials declared)")
+
+    def _sandbox(self, box: SandboxT) -> SandboxT:
+        box.start()
         self._sandboxes.append(box)
-        config = {"base_url": box.url, "login": box.login, "password": "sandbox-password"}
-        rt.store.upsert(
-            "webkassa", SANDBOX_TENANT, config, SANDBOX_SCHEDULE, enabled=True, now=rt.clock.now()
-        )
-        self.say(
-            f"sandbox         webkassa at {box.url} -> credential webkassa/{SANDBOX_TENANT}, "
-            f"rotated {SANDBOX_SCHEDULE.describe()} (dev mode, no credentials declared)"
-        )
+        return box
 
     def _retire_sandbox(self, rt: Runtime) -> None:
         """Real credentials (or prod mode) park the sandbox credentials of earlier runs."""
@@ -303,3 +334,24 @@ def _importable(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+class SandboxPorts:
+    """The sandbox servers' ports of the last run, kept in a small JSON file.
+
+    A port that is no longer free is replaced by any free one (and saved).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._ports: dict[str, int] = {}
+        with contextlib.suppress(OSError, ValueError):
+            loaded = json.loads(path.read_text())
+            if isinstance(loaded, dict):
+                self._ports = {k: v for k, v in loaded.items() if isinstance(v, int)}
+
+    def take(self, name: str) -> int:
+        return free_port(self._ports.get(name, 0))
+
+    def save(self, **ports: int) -> None:
+        self.path.write_text(json.dumps(ports, sort_keys=True))
