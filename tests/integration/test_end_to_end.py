@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +21,7 @@ from sqlalchemy import select
 
 from tasks.app import app
 from tests.conftest import REDIS_URL
-from tests.processes import REPO, beat, fleet_env_for, purge_queues, worker
+from tests.processes import REPO, beat, fleet_env_for, purge_queues, wait_for, worker
 from tokenfleet.models import SecretVersion
 from tokenfleet.runtime import Runtime
 from tokenfleet.sandbox.webkassa import WebkassaSandbox
@@ -47,16 +46,6 @@ api_key = "${{WK_API_KEY}}"
 def sandbox() -> Iterator[WebkassaSandbox]:
     with WebkassaSandbox(login="cashier@example.kz", password=PASSWORD, api_key=API_KEY) as box:
         yield box
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_beat_schedules_a_webkassa_rotation_that_lands_in_sql_and_redis(
