@@ -19,10 +19,20 @@ RUN groupadd --system --gid 10001 tokenfleet \
 
 WORKDIR /app
 
+# The Playwright browser backend (backend = "playwright") needs Chromium in the image:
+# `docker build --build-arg WITH_CHROMIUM=1`. Off by default: FlareSolverr runs the browser
+# in its own container, and Chromium adds ~300 MB.
+ARG WITH_CHROMIUM=0
+RUN if [ "$WITH_CHROMIUM" = "1" ]; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends chromium fonts-liberation \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+
 # Dependencies first, read from pyproject.toml alone, so a code change reuses this layer.
 # psycopg[binary] ships its own libpq: no compiler or libpq-dev needed.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['flower']))" > /tmp/requirements.txt \
+RUN python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; extra = p['optional-dependencies']; print('\n'.join(p['dependencies'] + extra['flower'] + (extra['browser'] if os.environ['WITH_CHROMIUM'] == '1' else [])))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
@@ -31,6 +41,7 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['p
 # only the state directory (Beat's schedule) is writable.
 COPY . .
 RUN pip install '.[flower]' \
+    && if [ "$WITH_CHROMIUM" = "1" ]; then pip install '.[browser]'; fi \
     && rm -rf build ./*.egg-info \
     && mkdir -p /app/var \
     && chown tokenfleet:tokenfleet /app/var
