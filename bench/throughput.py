@@ -361,11 +361,14 @@ def run_batch(
     return Batch(label, len(ids), seconds, start, [m.get("result") for m in metas], latencies)
 
 
-def probe(app: Celery, name: str, kwargs_list: Sequence[dict[str, Any]]) -> list[float]:
+def probe(
+    app: Celery, name: str, kwargs_list: Sequence[dict[str, Any]], *, warm: bool = True
+) -> list[float]:
     """Sequential round trips (send → result in the client) on an idle worker, in seconds."""
     times = []
-    # The client's first .get() sets up its result subscription; keep that out of the figures.
-    app.send_task(name, kwargs=kwargs_list[0]).get(timeout=30)
+    if warm:
+        # The client's first .get() sets up its result subscription; keep it out of figures.
+        app.send_task(name, kwargs=kwargs_list[0]).get(timeout=30)
     for kwargs in kwargs_list:
         t0 = time.perf_counter()
         app.send_task(name, kwargs=kwargs).get(timeout=30)
