@@ -629,3 +629,44 @@ def test_errors_pickle_and_reprs_show_no_cookie_values(
         )
     copy = _roundtrip(unavailable.value)
     assert "xyz" not in repr(copy) and copy.retryable
+
+
+# -- through the provider ------------------------------------------------------------------
+
+
+def test_chitai_gorod_on_playwright_takes_the_late_token_and_the_bookstore_accepts_it() -> None:
+    """backend="playwright": acquire via real Chromium from the sandbox bookstore's front page
+    (token cookie set by script after a delay, clearance by header), then validate against
+    its API with the token, the browser's User-Agent and the clearance cookie."""
+    from providers.chitai_gorod import ChitaiGorodConfig, ChitaiGorodProvider
+    from tokenfleet.sandbox.bookstore import BookstoreSandbox
+    from tokenfleet.sandbox.flaresolverr import TokenRegistry
+
+    registry = TokenRegistry(ttl=3600)
+    with BookstoreSandbox(registry, token_delay=0.5) as shop:
+        config = ChitaiGorodConfig.model_validate(
+            {
+                "backend": "playwright",
+                "chromium_path": CHROMIUM,
+                "site_url": shop.site_url,
+                "api_url": shop.api_url,
+                "max_timeout": OK_TIMEOUT,
+                "timeout": 5,
+            }
+        )
+        provider = ChitaiGorodProvider(config)
+        try:
+            secret = provider.acquire()
+            provider.validate(secret)
+        finally:
+            provider.close()
+
+        (issued,) = registry.issued
+        assert secret.value == issued  # URL-decoded, "Bearer " prefix stripped
+        agent = secret.bound["user_agent"]
+        assert "Chrome" in agent
+        assert registry.state(issued, agent) == "ok"
+        assert registry.clearance_ok(secret.cookies["cf_clearance"])
+        calls = shop.calls  # Chromium also asks for /favicon.ico (not_found)
+        assert calls["front_page"] == 1 and calls["ok"] == 1 and "unauthorized" not in calls
+        assert secret.expires_at is not None  # the cookie's expiry (or the JWT exp)

@@ -6,8 +6,12 @@
     with FlareSolverrSandbox(registry) as solver, BookstoreSandbox(registry) as shop:
         ...  # shop.api_url is what ChitaiGorodConfig.api_url should point at
 
-Served: ``GET /web/api/v2/search/product`` (the provider's default validation call; other
-paths answer 404). With ``Authorization: Bearer <token>`` issued through the shared
+Served: ``GET /`` is the site's front page for a real browser (the Playwright backend): it
+sets a ``cf_clearance`` cookie in its response headers and, ``token_delay`` seconds after
+load, a script sets ``access-token=Bearer%20<token>`` with a token issued to the browser's
+User-Agent, as the real site's script does after Cloudflare lets the browser through.
+``GET /web/api/v2/search/product`` is the provider's default validation call; other paths
+answer 404. With ``Authorization: Bearer <token>`` issued through the shared
 :class:`~tokenfleet.sandbox.flaresolverr.TokenRegistry`, not expired, and (with
 ``check_user_agent``) sent with the User-Agent it was issued to, it answers 200 with a small
 JSON:API-style page ``{"data": [...], "included": [], "meta": {...}}``; otherwise 401
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import json
 import threading
+from email.utils import formatdate
 from http.server import ThreadingHTTPServer
 from typing import Final
 from urllib.parse import urlsplit
@@ -65,7 +70,7 @@ class BookstoreSandbox(SandboxServer):
     """The fake bookstore API on ``host:port`` (0 = any), served from a daemon thread.
 
     :attr:`api_url` is the full validation URL; :attr:`calls` counts requests per
-    outcome (``ok``, ``unauthorized``, ``no_clearance``, ``not_found``).
+    outcome (``ok``, ``unauthorized``, ``no_clearance``, ``not_found``, ``front_page``).
     """
 
     def __init__(
@@ -74,12 +79,14 @@ class BookstoreSandbox(SandboxServer):
         *,
         check_user_agent: bool = True,
         require_clearance: bool = True,
+        token_delay: float = 0.3,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         self.registry = registry
         self.check_user_agent = check_user_agent
         self.require_clearance = require_clearance
+        self.token_delay = token_delay
         super().__init__(host, port)
         self._lock = threading.Lock()
         self._calls: dict[str, int] = {}
@@ -90,6 +97,11 @@ class BookstoreSandbox(SandboxServer):
     def _drop_connections(self, server: ThreadingHTTPServer) -> None:
         assert isinstance(server, JsonHandlerServer)
         server.drop_connections()
+
+    @property
+    def site_url(self) -> str:
+        """The front page a real browser opens (``<url>/``)."""
+        return f"{self.url}/"
 
     @property
     def api_url(self) -> str:
@@ -117,7 +129,12 @@ class _Handler(BaseJsonHandler):
     def do_GET(self) -> None:
         sandbox = self.server.sandbox
         self.read_body()
-        if urlsplit(self.path).path != SEARCH_PATH:
+        path = urlsplit(self.path).path
+        if path == "/":
+            sandbox._count("front_page")
+            self._front_page()
+            return
+        if path != SEARCH_PATH:
             sandbox._count("not_found")
             self.send(404, b'{"errors": [{"status": "404", "title": "Not Found"}]}')
             return
@@ -141,6 +158,22 @@ class _Handler(BaseJsonHandler):
             return
         sandbox._count("ok")
         self.send(200, _OK, "application/json; charset=utf-8")
+
+    def _front_page(self) -> None:
+        sandbox = self.server.sandbox
+        token, exp = sandbox.registry.issue(self.headers.get("User-Agent", ""))
+        expires = formatdate(exp, usegmt=True)
+        # json.dumps makes each value a safe JS string literal.
+        cookie = json.dumps(f"access-token=Bearer%20{token}; path=/; expires={expires}")
+        delay = json.dumps(int(sandbox.token_delay * 1000))
+        page = (
+            "<!DOCTYPE html><html><head><title>Читай-город</title></head><body>"
+            "<p>Книжный магазин</p><script>"
+            f"setTimeout(function () {{ document.cookie = {cookie}; }}, {delay});"
+            "</script></body></html>"
+        ).encode()
+        clearance = f"cf_clearance={sandbox.registry.clearance()}; Path=/; HttpOnly"
+        self.send(200, page, "text/html; charset=UTF-8", [("Set-Cookie", clearance)])
 
     def _cookie(self, name: str) -> str | None:
         for part in self.headers.get("Cookie", "").split(";"):
