@@ -138,6 +138,7 @@ class _Waiters:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._latest: dict[Key, int] = {}
+        self._pokes: dict[Key, int] = {}
         self._blocked: dict[Key, int] = {}
         self._events: dict[Key, dict[asyncio.AbstractEventLoop, asyncio.Event]] = {}
 
@@ -153,6 +154,7 @@ class _Waiters:
         with self._cond:
             if version > self._latest.get(key, -1):
                 self._latest[key] = version
+            self._pokes[key] = self._pokes.get(key, 0) + 1
             self._cond.notify_all()
             events = self._events.pop(key, {})
         for loop, event in events.items():
@@ -167,12 +169,14 @@ class _Waiters:
             return per_loop[loop]
 
     def wait(self, key: Key, above: int, timeout: float) -> bool:
-        """Block until a promotion of ``key`` above ``above`` is seen, or ``timeout``."""
+        """Block until a promotion of ``key`` above ``above`` is seen, another notify of
+        ``key`` (a found failure) comes, or ``timeout``; True unless it timed out."""
         deadline = time.monotonic() + timeout
         with self._cond:
             self._blocked[key] = self._blocked.get(key, 0) + 1
+            pokes = self._pokes.get(key, 0)
             try:
-                while self._latest.get(key, -1) <= above:
+                while self._latest.get(key, -1) <= above and self._pokes.get(key, 0) == pokes:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return False
@@ -188,6 +192,11 @@ class _Flight:
 
     task_id: str | None = None
     started: float = field(default_factory=time.monotonic)
+    #: When the task's result was last looked at; one caller per recheck interval does it
+    #: for the whole flight, so a thousand waiters cost one result-backend read, not 1,000.
+    checked: float = 0.0
+    failure: RotationFailed | None = None
+    checking: threading.Lock = field(default_factory=threading.Lock)
 
 
 class _Listener(threading.Thread):
@@ -470,8 +479,9 @@ class TokenClient:
             return last
         if flight.task_id is None and lead:
             flight.task_id = self._request(key[0], key[1], stale, wait)
+            flight.checked = time.monotonic()
         elif flight.task_id:
-            self._raise_if_failed(flight.task_id, key, last)
+            self._check_flight(flight, key, last)
         if left <= 0:
             raise FleetTimeout(
                 f"{key[0]}/{key[1]}: no version newer than {stale} within "
@@ -532,23 +542,42 @@ class TokenClient:
         )
         return task_id
 
-    def _raise_if_failed(self, task_id: str, key: Key, last: Token | None) -> None:
+    def _check_flight(self, flight: _Flight, key: Key, last: Token | None) -> None:
+        """Raise :class:`RotationFailed` if the flight's task ended in failure.
+
+        At most one caller per recheck interval reads the result backend; the others use
+        what it found. A found failure wakes every waiter of the credential at once.
+        """
+        if flight.failure is None and time.monotonic() - flight.checked >= self.recheck:
+            if flight.checking.acquire(blocking=False):
+                try:
+                    flight.checked = time.monotonic()
+                    flight.failure = self._failure_of(flight.task_id or "", key)
+                finally:
+                    flight.checking.release()
+                if flight.failure is not None:
+                    self._waiters.notify(key, -1)
+        if flight.failure is not None:
+            failure = flight.failure
+            raise RotationFailed(str(failure), error_class=failure.error_class, last_token=last)
+
+    def _failure_of(self, task_id: str, key: Key) -> RotationFailed | None:
         if not task_id or self._result_of is None:
-            return
+            return None
         try:
             result = self._result_of(task_id)
             if not result.ready():
-                return
+                return None
             value = result.result
         except Exception:
-            return
+            return None
         if isinstance(value, dict) and value.get("status") in ("failed", "rejected"):
-            raise RotationFailed(
+            return RotationFailed(
                 f"{key[0]}/{key[1]}: the fleet could not rotate: "
                 f"{value.get('error_class')}: {value.get('error')}",
                 error_class=value.get("error_class"),
-                last_token=last,
             )
+        return None
 
     def close(self) -> None:
         if self._listener is not None:

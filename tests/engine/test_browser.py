@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -112,6 +113,28 @@ def test_flaresolverr_outage_keeps_the_current_token_and_recovers_when_it_return
     assert recovered.status == "rotated", recovered
     assert recovered.version == (first.version or 0) + 1
     assert [h.ok for h in rt.engine.health()[("chitai_gorod", "t1")]] == [True]
+
+
+def test_a_token_expiring_before_the_three_hour_schedule_pulls_the_next_rotation_earlier(
+    rt: Runtime, clock: FrozenClock
+) -> None:
+    """The cookie's expiry (1 h, clock-synced) beats the 3 h schedule: next due at exp - 15 min."""
+    registry = TokenRegistry(ttl=3600, now=lambda: clock.now().timestamp())
+    with FlareSolverrSandbox(registry) as solver, BookstoreSandbox(registry) as shop:
+        declare(rt, clock, Browser(solver, shop).config())
+        assert rt.engine.rotate("chitai_gorod", "t1").status == "rotated"
+    state = rt.store.require("chitai_gorod", "t1")
+    assert state.expires_at == clock.now() + timedelta(hours=1)
+    assert state.next_due_at == clock.now() + timedelta(minutes=45)
+
+    # A token that outlives the schedule leaves the schedule in charge.
+    registry.ttl = 86400
+    with FlareSolverrSandbox(registry) as solver, BookstoreSandbox(registry) as shop:
+        declare(rt, clock, Browser(solver, shop).config())
+        assert rt.engine.rotate("chitai_gorod", "t1").status == "rotated"
+    state = rt.store.require("chitai_gorod", "t1")
+    assert state.next_due_at is not None
+    assert clock.now() + timedelta(hours=2) < state.next_due_at <= clock.now() + timedelta(hours=3)
 
 
 def test_health_probes_each_flaresolverr_once_however_many_tenants_use_it(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -171,6 +172,51 @@ def test_a_failed_rotation_is_a_specific_error_with_the_last_token(
     assert time.monotonic() - t0 < 5
     assert info.value.error_class == "CredentialsRejected"
     assert info.value.last_token is not None and info.value.last_token.version == 1
+
+
+def test_a_failed_rotation_reaches_every_waiter_for_one_result_read_per_recheck(
+    rt: Runtime, stub_credential: StubControl, client: TokenClient, worker: InlineWorker
+) -> None:
+    """50 threads and 50 asyncio tasks wait on one failing flight: all get RotationFailed
+    with the last token, and the result backend is read once per recheck, not per waiter."""
+    rt.engine.rotate("stub")
+    stub_credential.script("reject")
+    reads: list[str] = []
+    result_of = worker.result_of
+
+    def counting(task_id: str) -> Any:
+        reads.append(task_id)
+        return result_of(task_id)
+
+    client._result_of = counting
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(51)
+
+    def caller() -> None:
+        barrier.wait()
+        try:
+            client.rotate("stub", stale_version=1, wait=10)
+        except RotationFailed as exc:
+            errors.append(exc)
+
+    async def tasks() -> list[BaseException]:
+        calls = [client.arotate("stub", stale_version=1, wait=10) for _ in range(50)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    threads = [threading.Thread(target=caller) for _ in range(50)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.monotonic()
+    errors += asyncio.run(tasks())
+    for t in threads:
+        t.join()
+    assert time.monotonic() - t0 < 3
+    assert len(errors) == 100 and all(isinstance(e, RotationFailed) for e in errors)
+    assert {e.error_class for e in errors} == {"CredentialsRejected"}  # type: ignore[attr-defined]
+    assert all(e.last_token.version == 1 for e in errors)  # type: ignore[attr-defined]
+    assert len(worker.sent) == 1 and len(set(reads)) == 1
+    assert len(reads) <= 10, f"{len(reads)} result-backend reads for one flight"
 
 
 def test_no_worker_means_fleet_timeout_within_wait(
