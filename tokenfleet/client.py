@@ -158,7 +158,10 @@ class _Waiters:
             self._cond.notify_all()
             events = self._events.pop(key, {})
         for loop, event in events.items():
-            loop.call_soon_threadsafe(event.set)
+            # An event may outlive its loop (an asyncio.run that finished): nobody waits
+            # on it any more, and a closed loop refuses callbacks.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)
 
     def event(self, key: Key, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
         """The event set (on ``loop``) at the next promotion of ``key``."""
@@ -219,7 +222,7 @@ class _Listener(threading.Thread):
                 while not self.stopping.is_set():
                     message = pubsub.get_message(timeout=0.5)
                     if message is not None:
-                        self.client._on_promotion(Promotion.from_json(message["data"]))
+                        self._handle(message["data"])
             except (redis.RedisError, OSError, ValueError, KeyError):
                 # Unsubscribed: the in-process copy cannot be trusted until we are back.
                 self.subscribed.clear()
@@ -227,10 +230,20 @@ class _Listener(threading.Thread):
                 self.stopping.wait(delay)
                 delay = min(delay * 2, 5.0)
             finally:
-                try:
+                with contextlib.suppress(redis.RedisError, OSError):
                     pubsub.close()
-                except (redis.RedisError, OSError):
-                    pass
+
+    def _handle(self, data: bytes) -> None:
+        """One message; whatever goes wrong, the listener lives on (waiters rely on it)."""
+        try:
+            self.client._on_promotion(Promotion.from_json(data))
+        except (ValueError, KeyError):
+            # It may have announced a promotion we cannot tell apart: trust no copy.
+            self.client._memory.clear()
+            log.warning("malformed message on the promotion channel; in-process copies dropped")
+        except Exception:
+            self.client._memory.clear()
+            log.exception("promotion handling failed; in-process copies dropped")
 
 
 class TokenClient:
@@ -425,8 +438,11 @@ class TokenClient:
                 if done is not None:
                     return done
                 if self._waiters.seen(key) <= stale:
+                    # asyncio.timeout, not wait_for: no extra task per waiter, so a
+                    # thousand waiters wake in one pass of the loop.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(event.wait(), min(left, self.recheck))
+                        async with asyncio.timeout(min(left, self.recheck)):
+                            await event.wait()
                 last = self._newest(key, stale) or last
         finally:
             if lead:

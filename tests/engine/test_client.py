@@ -219,6 +219,42 @@ def test_a_failed_rotation_reaches_every_waiter_for_one_result_read_per_recheck(
     assert len(reads) <= 10, f"{len(reads)} result-backend reads for one flight"
 
 
+def test_an_event_loop_that_ended_does_not_break_wake_ups_for_the_next_one(
+    rt: Runtime, stub_credential: StubControl, worker: InlineWorker
+) -> None:
+    """Two asyncio.run() in a row: the first loop's leftover event must not kill the
+    listener, so the second waiter wakes on the message, not on the (5 s) recheck."""
+    client = make_client(rt, worker, cooldown=0, recheck=5.0)
+    try:
+        rt.engine.rotate("stub")
+        client.get("stub")
+        assert asyncio.run(client.arotate("stub", stale_version=1, wait=10)).version == 2
+        listener = client._listener
+        t0 = time.monotonic()
+        assert asyncio.run(client.arotate("stub", stale_version=2, wait=10)).version == 3
+        assert time.monotonic() - t0 < 2.5
+        assert client._listener is listener and listener is not None and listener.is_alive()
+    finally:
+        client.close()
+
+
+def test_a_malformed_promotion_message_drops_copies_and_the_listener_lives_on(
+    rt: Runtime, stub_credential: StubControl, client: TokenClient, redis_client: redis.Redis
+) -> None:
+    rt.engine.rotate("stub")
+    client.get("stub")
+    assert client.get("stub").source == "memory"
+    listener = client._listener
+    redis_client.publish(rt.hot.channel, b"not json")
+    deadline = time.monotonic() + 2
+    while client._memory and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert client.get("stub").source == "redis"
+    rt.engine.rotate("stub")
+    assert client.rotate("stub", stale_version=1, wait=5).version == 2
+    assert client._listener is listener and listener is not None and listener.is_alive()
+
+
 def test_no_worker_means_fleet_timeout_within_wait(
     rt: Runtime, stub_credential: StubControl
 ) -> None:
