@@ -74,6 +74,8 @@ BASE_ARGS: tuple[str, ...] = (
     "--no-first-run",
     "--no-default-browser-check",
     "--disable-extensions",
+    # navigator.webdriver stays false: bot checks (Cloudflare's among them) read it first.
+    "--disable-blink-features=AutomationControlled",
 )
 
 _INSTALL_HINT = "pip install 'tokenfleet[browser]'"

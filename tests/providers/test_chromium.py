@@ -131,6 +131,10 @@ def _site_handler(site: Site) -> type[BaseHTTPRequestHandler]:
                     f'{{ document.cookie = "{TOKEN_COOKIE}=busy; path=/"; }}, 300);'
                 )
                 self._send(200, _page("Busy", script))
+            elif parts.path == "/webdriver":
+                # What a bot check reads first: is this browser automated?
+                script = f'document.cookie = "{TOKEN_COOKIE}=" + navigator.webdriver + "; path=/";'
+                self._send(200, _page("Webdriver", script))
             elif parts.path == "/ping":
                 self._send(204, b"")
             elif parts.path == "/slow":
@@ -350,6 +354,17 @@ def test_the_tab_leaves_the_site_after_open_so_its_scripts_stop(
     assert pings > 0
     time.sleep(0.5)
     assert len(site.headers_for("/ping")) == pings
+
+
+def test_the_browser_does_not_announce_automation_to_page_scripts(
+    chromium: ChromiumBackend, site: Site
+) -> None:
+    """navigator.webdriver is false, as in a browser a person drives (sites check it)."""
+    solution = chromium.open(
+        f"{site.base}/webdriver", wait_for_cookie=TOKEN_COOKIE, timeout=OK_TIMEOUT, proxy=None
+    )
+    cookie = solution.cookie(TOKEN_COOKIE)
+    assert cookie is not None and cookie.value == "false"
 
 
 def test_an_explicit_user_agent_is_sent_and_reported(
