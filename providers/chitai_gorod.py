@@ -65,6 +65,7 @@ from .base import (
     ValidationFailed,
 )
 from .browser import BrowserBackend, Cookie, Health, Solution, target_where
+from .chromium import ChromiumBackend
 from .flaresolverr import FlareSolverr, FlareSolverrBackend
 from .http import check_http_url, describe_request, json_body, send
 
@@ -311,9 +312,6 @@ def _backend(
 ) -> BrowserBackend:
     ttl = config.session_ttl.total_seconds() if config.session_ttl is not None else None
     if config.backend == "playwright":
-        # Imported here: the FlareSolverr path must not need Playwright installed.
-        from .chromium import ChromiumBackend
-
         return ChromiumBackend(
             executable_path=config.chromium_path,
             user_agent=config.user_agent,

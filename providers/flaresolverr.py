@@ -196,10 +196,6 @@ class FlareSolverr:
             {"cmd": "sessions.destroy", "session": session_id}, self.session_timeout, None
         )
 
-    def health(self) -> bool:
-        """True when ``GET /health`` answers ``{"status": "ok"}``; never raises."""
-        return self.probe().ok
-
     def probe(self, timeout: float = 5.0) -> Health:
         """``GET /health``, told in words: up (with FlareSolverr's version), broken or down."""
         url = f"{self.base_url}/health"

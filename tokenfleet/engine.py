@@ -26,7 +26,7 @@ from typing import Any
 import requests
 from redis.exceptions import LockError, RedisError
 
-from providers.base import AnyProvider, Health
+from providers.base import AnyProvider, Health, Provider
 from providers.registry import Registry
 
 from .clock import Clock
@@ -144,13 +144,13 @@ class Engine:
         self.sinks = sinks or SinkWriter(hot.redis)
         # One provider per credential, kept between rotations: a browser provider holds a
         # browser (or FlareSolverr session) that already passed the site's challenge.
-        self._providers: dict[tuple[str, str], tuple[tuple[bytes, Any], AnyProvider]] = {}
+        self._providers: dict[tuple[str, str], _Kept] = {}
         self._providers_lock = threading.Lock()
 
     def close(self) -> None:
         """Close every provider this engine kept (browser sessions), then the sinks."""
         with self._providers_lock:
-            kept = [instance for _, instance in self._providers.values()]
+            kept = [k.instance for k in self._providers.values()]
             self._providers.clear()
         for instance in kept:
             _close_quietly(instance)
@@ -508,21 +508,21 @@ class Engine:
         key = (state.provider, state.tenant)
         with self._providers_lock:
             kept = self._providers.get(key)
-        if kept is not None and type(kept[1]) is cls and kept[0][0] == state.config_enc:
+        if kept is not None and type(kept.instance) is cls and kept.config_enc == state.config_enc:
             # Same stored bytes: skip decrypting and validating the config again.
-            return kept[1]
+            return kept.instance
         where = f"{state.provider}/{state.tenant}"
         config = cls.parse_config(self.store.config(state), where)
         with self._providers_lock:
             kept = self._providers.get(key)
-            if kept is not None and type(kept[1]) is cls and kept[0][1] == config:
+            if kept is not None and type(kept.instance) is cls and kept.config == config:
                 # Re-encrypted (Fernet is randomised) but the same config: keep the provider.
-                self._providers[key] = ((state.config_enc, config), kept[1])
-                return kept[1]
+                self._providers[key] = replace(kept, config_enc=state.config_enc)
+                return kept.instance
             instance = cls(config, session=self.session, clock=self.clock)
-            self._providers[key] = ((state.config_enc, config), instance)
+            self._providers[key] = _Kept(state.config_enc, config, instance)
         if kept is not None:
-            _close_quietly(kept[1])
+            _close_quietly(kept.instance)
         return instance
 
     def health(self) -> dict[tuple[str, str], tuple[Health, ...]]:
@@ -708,6 +708,13 @@ def _close_quietly(instance: AnyProvider) -> None:
 
 
 def _overrides(cls: type[AnyProvider], method: str) -> bool:
-    from providers.base import Provider
-
     return getattr(cls, method) is not getattr(Provider, method)
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """A credential's provider kept between rotations, with the config it was built from."""
+
+    config_enc: bytes
+    config: Any
+    instance: AnyProvider

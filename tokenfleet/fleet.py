@@ -191,7 +191,7 @@ class Fleet:
             "chitai_gorod": (
                 {
                     "flaresolverr_url": solver.url,
-                    "site_url": f"{shop.url}/",
+                    "site_url": shop.site_url,
                     "api_url": shop.api_url,
                     "max_timeout": 30,
                 },

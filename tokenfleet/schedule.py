@@ -43,7 +43,7 @@ def parse_duration(value: Any) -> timedelta:
         match = _DURATION.match(value)
         if match:
             return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-        if value.strip().lstrip("-").upper().startswith("P"):
+        if value.strip().upper().startswith("P"):
             try:
                 return _ISO_DURATION.validate_python(value.strip().upper())
             except ValidationError:

@@ -82,6 +82,22 @@ def test_a_changed_config_closes_the_old_provider_and_builds_a_new_one(
     assert browser.solver.calls.get("sessions.destroy") == 1
 
 
+def test_a_re_encrypted_but_unchanged_config_keeps_the_provider_and_its_session(
+    rt: Runtime, clock: FrozenClock, browser: Browser
+) -> None:
+    """``tokenfleet keys rotate`` re-encrypts configs (new bytes, same config): reloading
+    the same fleet file or rotating keys must not cost a new browser session."""
+    declare(rt, clock, browser.config())
+    assert rt.engine.rotate("chitai_gorod", "t1").status == "rotated"
+    before = rt.store.require("chitai_gorod", "t1").config_enc
+    declare(rt, clock, browser.config())
+    assert rt.store.reencrypt() > 0
+    assert rt.store.require("chitai_gorod", "t1").config_enc != before
+    assert rt.engine.rotate("chitai_gorod", "t1").status == "rotated"
+    assert browser.solver.calls.get("sessions.create") == 1
+    assert browser.solver.calls.get("sessions.destroy") is None
+
+
 def test_flaresolverr_outage_keeps_the_current_token_and_recovers_when_it_returns(
     rt: Runtime, clock: FrozenClock, browser: Browser
 ) -> None:

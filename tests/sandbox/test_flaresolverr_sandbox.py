@@ -190,10 +190,10 @@ def test_slow_solve_within_the_budget_succeeds(sandbox: FlareSolverrSandbox) -> 
 def test_health_is_true_when_up_and_false_when_down(
     sandbox: FlareSolverrSandbox, client: FlareSolverr
 ) -> None:
-    assert client.health() is True
+    assert client.probe().ok is True
     assert sandbox.calls["health"] == 1
     sandbox.stop()
-    assert client.health() is False
+    assert client.probe().ok is False
 
 
 def test_wrong_base_url_path_is_a_config_error(sandbox: FlareSolverrSandbox) -> None:
